@@ -1,0 +1,62 @@
+// `npm run bench -- denoiser --preset sana-600m-1024 --res 512,1024,2048 --batch 2`: seconds per transformer
+// forward at real shapes (random weights), analytic FLOPs, achieved GFLOP/s and the ratio to this machine's
+// fp32 MatMul peak measured in the same run.
+import path from 'node:path';
+import { Command } from 'commander';
+import { ditForwardFlops, LinearDit } from '../services/denoiser/linear-dit.ts';
+import { tensor } from '../services/common/tensor.ts';
+import { benchCheckpoint } from './checkpoints.ts';
+import { measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
+
+const VAE_SCALE = 32; // DC-AE F32C32: one latent pixel per 32×32 image pixels
+const CAPTION_LENGTH = 300; // SANA's max_sequence_length
+
+export async function run(argv: string[]): Promise<void> {
+  const opts = new Command('bench denoiser')
+    .option('--preset <name>', 'transformer preset', 'sana-600m-1024')
+    .option('--res <list>', 'image resolutions (square), comma-separated', '512,1024,2048')
+    .option('--batch <n>', 'batch rows per forward (2 = one image with CFG)', '2')
+    .option('--repeats <n>', 'timed forwards per resolution (after one warm-up)', '3')
+    .option('--json', 'one JSON object per row')
+    .parse(argv, { from: 'user' })
+    .opts<{ preset: string; res: string; batch: string; repeats: string; json?: boolean }>();
+  const batch = Number(opts.batch);
+  const resolutions = opts.res.split(',').map(Number);
+
+  const dit = await LinearDit.load(path.join(benchCheckpoint(opts.preset), 'transformer'));
+  const c = dit.config;
+  const peak = await measureMatmulPeakGflops();
+  const rows: Record<string, string | number>[] = [];
+  for (const res of resolutions) {
+    const h = res / VAE_SCALE;
+    const fill = (n: number, v: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => v(i));
+    const inputs = {
+      hiddenStates: tensor(fill(batch * c.in_channels * h * h, (i) => Math.sin(i)), [batch, c.in_channels, h, h]),
+      encoderHiddenStates: tensor(fill(batch * CAPTION_LENGTH * c.caption_channels, (i) => Math.cos(i)), [batch, CAPTION_LENGTH, c.caption_channels]),
+      encoderAttentionMask: tensor(new BigInt64Array(batch * CAPTION_LENGTH).fill(1n), [batch, CAPTION_LENGTH]),
+      timestep: tensor(new Float32Array(batch).fill(500), [batch]),
+    };
+    const runs = await timeRuns(() => dit.forward(inputs), Number(opts.repeats));
+    const seconds = median(runs);
+    const gflop = ditForwardFlops(c, batch, h, h, CAPTION_LENGTH) / 1e9;
+    rows.push({
+      stage: 'denoiser',
+      preset: opts.preset,
+      res,
+      batch,
+      tokens: batch * h * h,
+      median_s: Number(seconds.toFixed(3)),
+      gflop: Number(gflop.toFixed(1)),
+      gflops: Number((gflop / seconds).toFixed(1)),
+      peak_gflops: Number(peak.toFixed(1)),
+      of_peak: `${((100 * gflop) / seconds / peak).toFixed(1)}%`,
+    });
+  }
+  await dit.close();
+  if (!opts.json) {
+    const base = rows[0];
+    for (const r of rows) r.time_x = Number(((r.median_s as number) / (base.median_s as number)).toFixed(2));
+  }
+  printTable(rows, Boolean(opts.json));
+  if (!opts.json) console.log(`peak RSS ${peakRssGiB().toFixed(2)} GiB; runs per row: 1 warm-up + ${opts.repeats} timed`);
+}

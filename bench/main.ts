@@ -1,0 +1,13 @@
+// `npm run bench -- <stage> [options]`: benchmark tables for each stage. Each stage module parses its own
+// options and prints its rows.
+const stages: Record<string, () => Promise<{ run(argv: string[]): Promise<void> }>> = {
+  denoiser: () => import('./denoiser.ts'),
+};
+
+const [stage, ...rest] = process.argv.slice(2);
+const load = stage ? stages[stage] : undefined;
+if (!load) {
+  console.error(`usage: npm run bench -- <${Object.keys(stages).join('|')}> [options]`);
+  process.exit(2);
+}
+await (await load()).run(rest);

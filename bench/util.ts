@@ -1,0 +1,81 @@
+// Shared pieces of the benchmark scripts: timing, the machine's measured fp32 peak, tables.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { GraphBuilder, ElemType } from '../services/common/onnx-graph.ts';
+import { OrtSession } from '../services/common/ort-session.ts';
+import { tensor } from '../services/common/tensor.ts';
+import { cacheRoot } from '../services/common/compile-cache.ts';
+
+export function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Runs `fn` `warmup` times untimed, then `repeats` times; returns the seconds of each timed run. */
+export async function timeRuns(fn: () => Promise<unknown>, repeats: number, warmup = 1): Promise<number[]> {
+  for (let i = 0; i < warmup; i++) await fn();
+  const out: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = performance.now();
+    await fn();
+    out.push((performance.now() - t0) / 1000);
+  }
+  return out;
+}
+
+/** Peak resident set size of this process (all threads, ORT workers included), in GiB. */
+export function peakRssGiB(): number {
+  return (process.resourceUsage().maxRSS * 1024) / 2 ** 30;
+}
+
+/**
+ * This machine's fp32 MatMul peak as ONNX Runtime reaches it, all cores: median GFLOP/s of a
+ * 2048×1152×1152 GEMM chain (a diffusion-transformer shape), measured now, in this run.
+ */
+export async function measureMatmulPeakGflops(threads = os.availableParallelism()): Promise<number> {
+  const m = 2048;
+  const k = 1152;
+  const chain = 8;
+  const dir = path.join(cacheRoot(), 'bench', `matmul-peak-${m}x${k}x${chain}`);
+  if (!fs.existsSync(path.join(dir, 'model.onnx'))) {
+    const g = new GraphBuilder('matmul_peak', dir);
+    let x = g.input('x', ElemType.FLOAT, [m, k]);
+    for (let i = 0; i < chain; i++) {
+      const w = new Float32Array(k * k);
+      for (let j = 0; j < w.length; j++) w[j] = (((j * 2654435761) >>> 0) / 2 ** 32 - 0.5) / Math.sqrt(k);
+      x = g.op('Gemm', [x, g.weight(`w${i}`, [k, k], w)], { transB: 1 });
+    }
+    g.output(x, 'y', ElemType.FLOAT, [m, k]);
+    g.finish();
+  }
+  const session = await OrtSession.create(path.join(dir, 'model.onnx'), { intraOpThreads: threads });
+  try {
+    const x = tensor(new Float32Array(m * k).fill(0.01), [m, k]);
+    const runs: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      await session.run({ x });
+      runs.push(session.lastRunSeconds);
+    }
+    return (2 * m * k * k * chain) / median(runs.slice(2)) / 1e9;
+  } finally {
+    await session.close();
+  }
+}
+
+/** Prints rows as an aligned text table (or JSON lines with --json). */
+export function printTable(rows: Record<string, string | number>[], json: boolean): void {
+  if (json) {
+    for (const r of rows) console.log(JSON.stringify(r));
+    return;
+  }
+  if (rows.length === 0) return;
+  const keys = Object.keys(rows[0]);
+  const cell = (v: string | number) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : v);
+  const widths = keys.map((k) => Math.max(k.length, ...rows.map((r) => cell(r[k] ?? '').length)));
+  const line = (vals: string[]) => vals.map((v, i) => v.padStart(widths[i])).join('  ');
+  console.log(line(keys));
+  console.log(line(widths.map((w) => '-'.repeat(w))));
+  for (const r of rows) console.log(line(keys.map((k) => cell(r[k] ?? ''))));
+}

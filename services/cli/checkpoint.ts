@@ -1,0 +1,18 @@
+// `sana checkpoint random --preset <name> --out DIR`: writes a random checkpoint in the diffusers layout.
+import fs from 'node:fs';
+import path from 'node:path';
+import { writeComponent, type WriteOptions } from '../common/random-checkpoint.ts';
+import { PRESETS } from './presets.ts';
+
+export function writeRandomCheckpoint(presetName: string, outDir: string, options: WriteOptions = {}): string[] {
+  const preset = PRESETS[presetName];
+  if (!preset) throw new Error(`unknown preset ${presetName}; known: ${Object.keys(PRESETS).join(', ')}`);
+  const written: string[] = [];
+  for (const make of Object.values(preset.components)) written.push(writeComponent(outDir, make!(), options));
+  if (preset.scheduler) {
+    fs.mkdirSync(path.join(outDir, 'scheduler'), { recursive: true });
+    fs.writeFileSync(path.join(outDir, 'scheduler', 'scheduler_config.json'), `${JSON.stringify(preset.scheduler, null, 2)}\n`);
+    written.push(path.join(outDir, 'scheduler'));
+  }
+  return written;
+}

@@ -1,0 +1,38 @@
+// The `sana` command.
+import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
+import { writeRandomCheckpoint } from './checkpoint.ts';
+import { PRESETS } from './presets.ts';
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new CommanderArgumentError(`expected a positive integer, got "${value}"`);
+  return n;
+}
+
+const program = new Command('sana').description('SANA text-to-image serving').showHelpAfterError();
+program.exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2)); // usage errors exit 2
+
+const checkpoint = program.command('checkpoint').description('checkpoint tools');
+checkpoint
+  .command('random')
+  .description('write a random-weight checkpoint in the diffusers layout (random weights give noise images)')
+  .addOption(new Option('--preset <name>', 'model shapes').choices(Object.keys(PRESETS)).makeOptionMandatory())
+  .requiredOption('--out <dir>', 'output folder')
+  .addOption(new Option('--dtype <dtype>', 'stored dtype').choices(['F32', 'F16', 'BF16']).default('F32'))
+  .option('--shard-mb <n>', 'shard weights into files of at most n MiB', positiveInt)
+  .option('--seed <n>', 'weight seed', positiveInt)
+  .action((opts: { preset: string; out: string; dtype: 'F32' | 'F16' | 'BF16'; shardMb?: number; seed?: number }) => {
+    const dirs = writeRandomCheckpoint(opts.preset, opts.out, {
+      dtype: opts.dtype,
+      maxShardBytes: opts.shardMb ? opts.shardMb * 2 ** 20 : undefined,
+      seed: opts.seed,
+    });
+    for (const d of dirs) console.log(`wrote ${d}`);
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  console.error(`sana: ${(e as Error).message}`);
+  process.exit(1);
+}

@@ -1,0 +1,278 @@
+// A small ONNX graph builder over onnx-proto. Weights are appended to an external-data file as they are
+// added, so models beyond protobuf's 2 GiB limit build and load, and the builder never holds all weights.
+import fs from 'node:fs';
+import path from 'node:path';
+import onnxProto from 'onnx-proto';
+
+const { onnx } = onnxProto;
+
+export const ElemType = {
+  FLOAT: 1,
+  UINT8: 2,
+  INT8: 3,
+  INT32: 6,
+  INT64: 7,
+  BOOL: 9,
+  DOUBLE: 11,
+} as const;
+export type ElemType = (typeof ElemType)[keyof typeof ElemType];
+
+/** A symbolic (string) or fixed (number) dimension of a graph input or output. */
+export type Dim = number | string;
+
+/** A float attribute whose value happens to be an integer (1.0) must say so explicitly. */
+export class FloatAttr {
+  constructor(readonly value: number) {}
+}
+export const float = (value: number) => new FloatAttr(value);
+
+export type AttrValue = number | FloatAttr | string | number[] | FloatAttr[] | onnxProto.onnx.ITensorProto;
+
+const DEFAULT_OPSET = 21;
+const IR_VERSION = 10;
+const WEIGHT_ALIGNMENT = 64;
+
+type TypedWeight = Float32Array | Int8Array | Uint8Array | Int32Array | BigInt64Array | Float64Array;
+
+function elemTypeOf(data: TypedWeight): ElemType {
+  if (data instanceof Float32Array) return ElemType.FLOAT;
+  if (data instanceof Int8Array) return ElemType.INT8;
+  if (data instanceof Uint8Array) return ElemType.UINT8;
+  if (data instanceof Int32Array) return ElemType.INT32;
+  if (data instanceof BigInt64Array) return ElemType.INT64;
+  return ElemType.DOUBLE;
+}
+
+function encodeAttribute(name: string, value: AttrValue): onnxProto.onnx.IAttributeProto {
+  const T = onnx.AttributeProto.AttributeType;
+  if (value instanceof FloatAttr) return { name, type: T.FLOAT, f: value.value };
+  if (typeof value === 'number') {
+    return Number.isInteger(value) ? { name, type: T.INT, i: value } : { name, type: T.FLOAT, f: value };
+  }
+  if (typeof value === 'string') return { name, type: T.STRING, s: new TextEncoder().encode(value) };
+  if (Array.isArray(value)) {
+    if (value.some((v) => v instanceof FloatAttr || !Number.isInteger(v))) {
+      return { name, type: T.FLOATS, floats: value.map((v) => (v instanceof FloatAttr ? v.value : (v as number))) };
+    }
+    return { name, type: T.INTS, ints: value as number[] };
+  }
+  return { name, type: T.TENSOR, t: value };
+}
+
+export class GraphBuilder {
+  private readonly nodes: onnxProto.onnx.INodeProto[] = [];
+  private readonly initializers: onnxProto.onnx.ITensorProto[] = [];
+  private readonly inputs: onnxProto.onnx.IValueInfoProto[] = [];
+  private readonly outputs: onnxProto.onnx.IValueInfoProto[] = [];
+  private readonly constants = new Map<string, string>();
+  private readonly weightNames = new Set<string>();
+  private readonly usedDomains = new Set<string>();
+  private counter = 0;
+  private weightFd: number | undefined;
+  private weightBytes = 0;
+
+  /**
+   * @param dir folder that receives `model.onnx` and the external data file `weights.bin`
+   */
+  constructor(
+    readonly name: string,
+    readonly dir: string,
+    readonly opset = DEFAULT_OPSET,
+  ) {
+    fs.mkdirSync(dir, { recursive: true });
+  }
+
+  get weightFile(): string {
+    return path.join(this.dir, 'weights.bin');
+  }
+
+  /** Bytes of weight data written so far. */
+  get weightsWritten(): number {
+    return this.weightBytes;
+  }
+
+  private fresh(hint: string): string {
+    return `${hint}_${this.counter++}`;
+  }
+
+  input(name: string, type: ElemType, dims: Dim[]): string {
+    this.inputs.push({ name, type: { tensorType: { elemType: type, shape: { dim: dims.map(dimProto) } } } });
+    return name;
+  }
+
+  output(value: string, name: string, type: ElemType, dims: Dim[]): void {
+    const named = value === name ? value : this.op('Identity', [value], {}, { name });
+    this.outputs.push({ name: named, type: { tensorType: { elemType: type, shape: { dim: dims.map(dimProto) } } } });
+  }
+
+  /** A weight, written now to the external-data file. Names are checkpoint keys, so they must be unique. */
+  weight(name: string, dims: number[], data: TypedWeight): string {
+    if (this.weightNames.has(name)) throw new Error(`weight ${name} added twice`);
+    const count = dims.reduce((a, b) => a * b, 1);
+    if (count !== data.length) throw new Error(`weight ${name}: ${data.length} values for dims [${dims}]`);
+    this.weightNames.add(name);
+    if (this.weightFd === undefined) this.weightFd = fs.openSync(this.weightFile, 'w');
+    const pad = (WEIGHT_ALIGNMENT - (this.weightBytes % WEIGHT_ALIGNMENT)) % WEIGHT_ALIGNMENT;
+    if (pad > 0) fs.writeSync(this.weightFd, new Uint8Array(pad));
+    const offset = this.weightBytes + pad;
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    for (let done = 0; done < bytes.length; ) done += fs.writeSync(this.weightFd, bytes, done, Math.min(bytes.length - done, 1 << 30));
+    this.weightBytes = offset + bytes.length;
+    this.initializers.push({
+      name,
+      dataType: elemTypeOf(data),
+      dims,
+      dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+      externalData: [
+        { key: 'location', value: 'weights.bin' },
+        { key: 'offset', value: String(offset) },
+        { key: 'length', value: String(bytes.length) },
+      ],
+    });
+    return name;
+  }
+
+  /** A small constant stored inline in the graph; identical constants are shared. */
+  constant(data: TypedWeight, dims: number[] = [data.length]): string {
+    const key = `${elemTypeOf(data)}|${dims}|${Array.from(data as ArrayLike<number | bigint>).join(',')}`;
+    const existing = this.constants.get(key);
+    if (existing) return existing;
+    const name = this.fresh('const');
+    this.initializers.push({
+      name,
+      dataType: elemTypeOf(data),
+      dims,
+      rawData: new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)),
+    });
+    this.constants.set(key, name);
+    return name;
+  }
+
+  ints(values: number[]): string {
+    return this.constant(BigInt64Array.from(values.map(BigInt)));
+  }
+
+  /** A float32 scalar (rank 0), broadcastable against anything. */
+  scalar(value: number): string {
+    return this.constant(new Float32Array([value]), []);
+  }
+
+  /** Adds a node with several outputs. */
+  node(
+    opType: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue> = {},
+    opts: { outputs?: number; domain?: string; names?: string[] } = {},
+  ): string[] {
+    const n = opts.outputs ?? 1;
+    const outputs = opts.names ?? Array.from({ length: n }, () => this.fresh(opType.toLowerCase()));
+    const domain = opts.domain ?? '';
+    if (domain) this.usedDomains.add(domain);
+    this.nodes.push({
+      opType,
+      domain,
+      input: inputs,
+      output: outputs,
+      name: this.fresh(`n_${opType}`),
+      attribute: Object.entries(attrs).map(([k, v]) => encodeAttribute(k, v)),
+    });
+    return outputs;
+  }
+
+  /** Adds a node with one output. */
+  op(opType: string, inputs: string[], attrs: Record<string, AttrValue> = {}, opts: { domain?: string; name?: string } = {}): string {
+    return this.node(opType, inputs, attrs, { domain: opts.domain, names: opts.name ? [opts.name] : undefined })[0];
+  }
+
+  // ---- shorthands used throughout the model files ----
+  add(a: string, b: string) {
+    return this.op('Add', [a, b]);
+  }
+  sub(a: string, b: string) {
+    return this.op('Sub', [a, b]);
+  }
+  mul(a: string, b: string) {
+    return this.op('Mul', [a, b]);
+  }
+  div(a: string, b: string) {
+    return this.op('Div', [a, b]);
+  }
+  matmul(a: string, b: string) {
+    return this.op('MatMul', [a, b]);
+  }
+  relu(x: string) {
+    return this.op('Relu', [x]);
+  }
+  sigmoid(x: string) {
+    return this.op('Sigmoid', [x]);
+  }
+  silu(x: string) {
+    return this.mul(x, this.sigmoid(x));
+  }
+  /** GELU with the tanh approximation (PyTorch's approximate='tanh'). */
+  geluTanh(x: string) {
+    return this.op('Gelu', [x], { approximate: 'tanh' });
+  }
+  reshape(x: string, shape: number[] | string) {
+    return this.op('Reshape', [x, typeof shape === 'string' ? shape : this.ints(shape)]);
+  }
+  transpose(x: string, perm: number[]) {
+    return this.op('Transpose', [x], { perm });
+  }
+  unsqueeze(x: string, axes: number[]) {
+    return this.op('Unsqueeze', [x, this.ints(axes)]);
+  }
+  squeeze(x: string, axes: number[]) {
+    return this.op('Squeeze', [x, this.ints(axes)]);
+  }
+  concat(xs: string[], axis: number) {
+    return this.op('Concat', xs, { axis });
+  }
+  split(x: string, axis: number, sizes: number[]) {
+    return this.node('Split', [x, this.ints(sizes)], { axis }, { outputs: sizes.length });
+  }
+  slice(x: string, starts: number[], ends: number[], axes: number[], steps?: number[]) {
+    const inputs = [x, this.ints(starts), this.ints(ends), this.ints(axes)];
+    if (steps) inputs.push(this.ints(steps));
+    return this.op('Slice', inputs);
+  }
+  cast(x: string, to: ElemType) {
+    return this.op('Cast', [x], { to });
+  }
+  /** The runtime shape of x as an int64 vector, optionally only dims [start, end). */
+  shape(x: string, start?: number, end?: number) {
+    const attrs: Record<string, AttrValue> = {};
+    if (start !== undefined) attrs.start = start;
+    if (end !== undefined) attrs.end = end;
+    return this.op('Shape', [x], attrs);
+  }
+
+  /** Serialises the graph to `<dir>/model.onnx` and closes the weight file. Returns the model path. */
+  finish(): string {
+    if (this.weightFd !== undefined) {
+      fs.closeSync(this.weightFd);
+      this.weightFd = undefined;
+    }
+    const opsetImport: onnxProto.onnx.IOperatorSetIdProto[] = [{ domain: '', version: this.opset }];
+    for (const domain of this.usedDomains) opsetImport.push({ domain, version: 1 });
+    const model = onnx.ModelProto.create({
+      irVersion: IR_VERSION,
+      producerName: 'sana-serve',
+      opsetImport,
+      graph: {
+        name: this.name,
+        node: this.nodes,
+        initializer: this.initializers,
+        input: this.inputs,
+        output: this.outputs,
+      },
+    });
+    const file = path.join(this.dir, 'model.onnx');
+    fs.writeFileSync(file, onnx.ModelProto.encode(model).finish());
+    return file;
+  }
+}
+
+function dimProto(d: Dim): onnxProto.onnx.TensorShapeProto.IDimension {
+  return typeof d === 'number' ? { dimValue: d } : { dimParam: d };
+}

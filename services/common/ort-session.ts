@@ -1,0 +1,105 @@
+// An ONNX Runtime session living in its own worker thread, so inference never blocks the event loop.
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import type { HostTensor } from './tensor.ts';
+
+export interface SessionOptions {
+  /** threads for one operator; defaults to the cores this process may use */
+  intraOpThreads?: number;
+  graphOptimizationLevel?: 'disabled' | 'basic' | 'extended' | 'all';
+  /** keep weights in the page cache instead of ORT's packed copy (less memory, slower GEMMs) */
+  disablePrepacking?: boolean;
+}
+
+export type WorkerRequest =
+  | { kind: 'run'; id: number; feeds: Record<string, HostTensor>; outputNames?: string[] }
+  | { kind: 'close' };
+
+export type WorkerReply =
+  | { kind: 'ready'; inputNames: readonly string[]; outputNames: readonly string[]; loadSeconds: number }
+  | { kind: 'result'; id: number; outputs: Record<string, HostTensor>; runSeconds: number }
+  | { kind: 'error'; id: number; message: string };
+
+/**
+ * Spawns a worker for a module given as a URL. Under tsx (development, tests) the worker registers tsx
+ * itself, since Node 20 does not pass loader hooks on to workers.
+ */
+export function spawnWorker(moduleUrl: URL, workerData: unknown): Worker {
+  if (!moduleUrl.pathname.endsWith('.ts')) return new Worker(moduleUrl, { workerData });
+  const tsx = import.meta.resolve('tsx/esm/api');
+  const bootstrap = `import { register } from ${JSON.stringify(tsx)}; register(); await import(${JSON.stringify(moduleUrl.href)});`;
+  return new Worker(new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`), { workerData });
+}
+
+export class OrtSession {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (r: Record<string, HostTensor>) => void; reject: (e: Error) => void }>();
+  private failure: Error | undefined;
+  /** seconds spent inside the last run, as seen by the worker */
+  lastRunSeconds = 0;
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly inputNames: readonly string[],
+    readonly outputNames: readonly string[],
+    readonly loadSeconds: number,
+  ) {
+    worker.on('message', (msg: WorkerReply) => {
+      if (msg.kind === 'ready') return;
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (msg.kind === 'result') {
+        this.lastRunSeconds = msg.runSeconds;
+        p.resolve(msg.outputs);
+      } else p.reject(new Error(msg.message));
+    });
+    const fail = (e: Error) => {
+      this.failure = e;
+      for (const p of this.pending.values()) p.reject(e);
+      this.pending.clear();
+    };
+    worker.on('error', fail);
+    worker.on('messageerror', fail);
+    worker.on('exit', (code) => fail(new Error(`ONNX Runtime worker exited (code ${code})`)));
+  }
+
+  static async create(modelPath: string, options: SessionOptions = {}): Promise<OrtSession> {
+    const resolved = { ...options, intraOpThreads: options.intraOpThreads ?? os.availableParallelism() };
+    const worker = spawnWorker(new URL('./ort-worker.ts', import.meta.url), { modelPath, options: resolved });
+    const listeners: { event: string; fn: (...args: any[]) => void }[] = [];
+    const ready = await new Promise<Extract<WorkerReply, { kind: 'ready' }>>((resolve, reject) => {
+      listeners.push(
+        { event: 'message', fn: resolve },
+        { event: 'error', fn: reject },
+        { event: 'exit', fn: (code: number) => reject(new Error(`ONNX Runtime worker exited (code ${code}) while loading ${modelPath}`)) },
+      );
+      for (const l of listeners) worker.once(l.event, l.fn);
+    }).finally(() => {
+      // only our own listeners: Worker keeps internal ones that removeAllListeners() would break
+      for (const l of listeners) worker.off(l.event, l.fn);
+    });
+    return new OrtSession(worker, ready.inputNames, ready.outputNames, ready.loadSeconds);
+  }
+
+  /** Runs the model. Input buffers are copied, never detached, so callers may keep using them. */
+  run(feeds: Record<string, HostTensor>, outputNames?: string[]): Promise<Record<string, HostTensor>> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ kind: 'run', id, feeds, outputNames } satisfies WorkerRequest);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.worker.postMessage({ kind: 'close' } satisfies WorkerRequest);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => void this.worker.terminate().then(() => resolve()), 5000);
+      this.worker.once('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}

@@ -1,0 +1,515 @@
+// SANA's Linear Diffusion Transformer (diffusers' SanaTransformer2DModel) as an ONNX graph.
+//
+//   latent [B,C,H,W] ─ patch_embed (+ sin-cos pos-embed on 2K/4K models) ─► tokens x [B,N,D], N = H*W/p²
+//   timestep [B]     ─ sinusoid ─ MLP ─► t6 [B,6D] (per-block shift/scale/gate) and t [B,D] (final norm)
+//   caption [B,L,Dc] ─ MLP (GELU-tanh) ─ RMSNorm ─► y [B,L,D]
+//   N_layers × block:  x += gate_msa · LinearAttn(LN(x)·(1+scale_msa)+shift_msa)       (ReLU linear attention)
+//                      x += CrossAttn(x, y, mask)                                        (softmax, -10000 bias)
+//                      x += gate_mlp · MixFFN(LN(x)·(1+scale_mlp)+shift_mlp)             (1×1, 3×3 dw, GLU, 1×1)
+//   LN(x)·(1+scale)+shift ─ proj_out ─ unpatchify ─► [B,C_out,H,W]
+//
+// Weights are addressed by the checkpoint's own keys; the graph is compiled once per checkpoint content.
+import path from 'node:path';
+import { z } from 'zod';
+import { cachedCompile } from '../common/compile-cache.ts';
+import { ConfigError, loadConfig, unsupported } from '../common/config.ts';
+import { InvalidArgumentError } from '../common/errors.ts';
+import { ElemType, float, GraphBuilder } from '../common/onnx-graph.ts';
+import { OrtSession, type SessionOptions } from '../common/ort-session.ts';
+import { Checkpoint, CheckpointError } from '../common/safetensors.ts';
+import { firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
+
+// ---- config.json of transformer/ (keys as diffusers writes them) ----
+export const LinearDitConfig = z.object({
+  _class_name: z.string().optional(),
+  in_channels: z.number().int().positive(),
+  out_channels: z.number().int().positive().nullable().default(null),
+  num_attention_heads: z.number().int().positive(),
+  attention_head_dim: z.number().int().positive(),
+  num_layers: z.number().int().nonnegative(),
+  num_cross_attention_heads: z.number().int().positive(),
+  cross_attention_head_dim: z.number().int().positive(),
+  cross_attention_dim: z.number().int().positive().nullable(),
+  caption_channels: z.number().int().positive(),
+  mlp_ratio: z.number().positive().default(2.5),
+  dropout: z.number().default(0),
+  attention_bias: z.boolean().default(false),
+  sample_size: z.number().int().positive().default(32),
+  patch_size: z.number().int().positive().default(1),
+  norm_elementwise_affine: z.boolean().default(false),
+  norm_eps: z.number().positive().default(1e-6),
+  interpolation_scale: z.number().positive().nullable().default(null),
+  guidance_embeds: z.boolean().default(false),
+  guidance_embeds_scale: z.number().default(0.1),
+  qk_norm: z.string().nullable().default(null),
+  timestep_scale: z.number().default(1.0),
+});
+export type LinearDitConfig = z.infer<typeof LinearDitConfig>;
+
+const TIMESTEP_CHANNELS = 256; // Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)
+const CAPTION_NORM_EPS = 1e-5;
+const QK_NORM_EPS = 1e-5; // Attention's default eps, used by its RMSNorm qk-norm
+const FINAL_NORM_EPS = 1e-6;
+const MASK_BIAS = -10000; // diffusers turns the 0/1 caption mask into (1-m)·-10000, not -inf
+
+export function loadLinearDitConfig(file: string): LinearDitConfig {
+  const c = loadConfig(file, LinearDitConfig);
+  if (c.guidance_embeds) unsupported(file, 'guidance_embeds', true, 'SANA-Sprint guidance embeddings are not implemented');
+  if (c.qk_norm !== null && c.qk_norm !== 'rms_norm_across_heads') {
+    unsupported(file, 'qk_norm', c.qk_norm, 'only null and "rms_norm_across_heads" (SANA 1.5) are implemented');
+  }
+  const inner = c.num_attention_heads * c.attention_head_dim;
+  if (c.cross_attention_dim === null) unsupported(file, 'cross_attention_dim', null, 'every SANA block has cross-attention');
+  if (c.cross_attention_dim !== inner) {
+    throw new ConfigError(file, `key "cross_attention_dim" = ${c.cross_attention_dim} must equal num_attention_heads × attention_head_dim = ${inner}`);
+  }
+  if (c.interpolation_scale !== null && inner % 4 !== 0) {
+    throw new ConfigError(file, `sin-cos positional embeddings need an inner dim divisible by 4, got ${inner}`);
+  }
+  return c;
+}
+
+/** Derived sizes used by the graph, the FLOP count and the random-checkpoint generator. */
+export function ditDims(c: LinearDitConfig) {
+  const inner = c.num_attention_heads * c.attention_head_dim;
+  return {
+    inner,
+    crossInner: c.num_cross_attention_heads * c.cross_attention_head_dim,
+    ffHidden: Math.floor(c.mlp_ratio * inner),
+    outChannels: c.out_channels ?? c.in_channels,
+    p: c.patch_size,
+  };
+}
+
+/** Every checkpoint tensor the model reads, with its shape: the contract of the checkpoint layout. */
+export function ditTensorShapes(c: LinearDitConfig): Map<string, number[]> {
+  const { inner, crossInner, ffHidden, outChannels, p } = ditDims(c);
+  const s = new Map<string, number[]>();
+  s.set('patch_embed.proj.weight', [inner, c.in_channels, p, p]);
+  s.set('patch_embed.proj.bias', [inner]);
+  s.set('time_embed.emb.timestep_embedder.linear_1.weight', [inner, TIMESTEP_CHANNELS]);
+  s.set('time_embed.emb.timestep_embedder.linear_1.bias', [inner]);
+  s.set('time_embed.emb.timestep_embedder.linear_2.weight', [inner, inner]);
+  s.set('time_embed.emb.timestep_embedder.linear_2.bias', [inner]);
+  s.set('time_embed.linear.weight', [6 * inner, inner]);
+  s.set('time_embed.linear.bias', [6 * inner]);
+  s.set('caption_projection.linear_1.weight', [inner, c.caption_channels]);
+  s.set('caption_projection.linear_1.bias', [inner]);
+  s.set('caption_projection.linear_2.weight', [inner, inner]);
+  s.set('caption_projection.linear_2.bias', [inner]);
+  s.set('caption_norm.weight', [inner]);
+  for (let i = 0; i < c.num_layers; i++) {
+    const b = `transformer_blocks.${i}`;
+    s.set(`${b}.scale_shift_table`, [6, inner]);
+    for (const proj of ['to_q', 'to_k', 'to_v']) {
+      s.set(`${b}.attn1.${proj}.weight`, [inner, inner]);
+      if (c.attention_bias) s.set(`${b}.attn1.${proj}.bias`, [inner]);
+    }
+    s.set(`${b}.attn1.to_out.0.weight`, [inner, inner]);
+    s.set(`${b}.attn1.to_out.0.bias`, [inner]);
+    s.set(`${b}.attn2.to_q.weight`, [crossInner, inner]);
+    s.set(`${b}.attn2.to_q.bias`, [crossInner]);
+    for (const proj of ['to_k', 'to_v']) {
+      s.set(`${b}.attn2.${proj}.weight`, [crossInner, c.cross_attention_dim!]);
+      s.set(`${b}.attn2.${proj}.bias`, [crossInner]);
+    }
+    s.set(`${b}.attn2.to_out.0.weight`, [inner, crossInner]);
+    s.set(`${b}.attn2.to_out.0.bias`, [inner]);
+    if (c.qk_norm) {
+      for (const n of ['norm_q', 'norm_k']) {
+        s.set(`${b}.attn1.${n}.weight`, [inner]);
+        s.set(`${b}.attn2.${n}.weight`, [crossInner]);
+      }
+    }
+    if (c.norm_elementwise_affine) {
+      s.set(`${b}.norm2.weight`, [inner]);
+      s.set(`${b}.norm2.bias`, [inner]);
+    }
+    s.set(`${b}.ff.conv_inverted.weight`, [2 * ffHidden, inner, 1, 1]);
+    s.set(`${b}.ff.conv_inverted.bias`, [2 * ffHidden]);
+    s.set(`${b}.ff.conv_depth.weight`, [2 * ffHidden, 1, 3, 3]);
+    s.set(`${b}.ff.conv_depth.bias`, [2 * ffHidden]);
+    s.set(`${b}.ff.conv_point.weight`, [inner, ffHidden, 1, 1]);
+  }
+  s.set('scale_shift_table', [2, inner]);
+  s.set('proj_out.weight', [p * p * outChannels, inner]);
+  s.set('proj_out.bias', [p * p * outChannels]);
+  return s;
+}
+
+/** Multiply-adds ×2 of one forward, from the config and the input sizes (the benchmark's FLOP count). */
+export function ditForwardFlops(c: LinearDitConfig, batch: number, height: number, width: number, captionLength: number): number {
+  const { inner, crossInner, ffHidden, outChannels, p } = ditDims(c);
+  const n = (height / p) * (width / p);
+  const d = c.attention_head_dim;
+  const perToken =
+    4 * inner * inner + // q, k, v, out
+    2 * c.num_attention_heads * d * (d + 1) + // K^T[V,1] and Q·KV, amortised per token
+    2 * inner * crossInner + // cross q, out
+    2 * captionLength * crossInner + // scores and weighted sum
+    2 * ffHidden * inner + // conv_inverted
+    2 * ffHidden * 9 + // depthwise 3×3
+    ffHidden * inner; // conv_point
+  const perCaption = 2 * crossInner * inner; // cross k, v
+  const blocks = c.num_layers * (2 * n * perToken + 2 * captionLength * perCaption);
+  const edges = 2 * n * (c.in_channels * p * p * inner + inner * p * p * outChannels) + 2 * captionLength * (c.caption_channels * inner + inner * inner);
+  return batch * (blocks + edges);
+}
+
+// ---- the graph ----
+
+class DitGraph {
+  readonly g: GraphBuilder;
+  private readonly used = new Set<string>();
+  private readonly shapes: Map<string, number[]>;
+  readonly dims: ReturnType<typeof ditDims>;
+
+  constructor(
+    readonly c: LinearDitConfig,
+    private readonly ckpt: Checkpoint,
+    dir: string,
+  ) {
+    this.g = new GraphBuilder('sana_transformer', dir);
+    this.shapes = ditTensorShapes(c);
+    this.dims = ditDims(c);
+  }
+
+  /** A checkpoint tensor as an fp32 weight, shape-checked; `as` reshapes it (1×1 conv → matrix). */
+  w(key: string, as?: number[]): string {
+    const shape = this.shapes.get(key);
+    if (!shape) throw new Error(`internal: ${key} is not part of the model`);
+    this.used.add(key);
+    return this.g.weight(key, as ?? shape, this.ckpt.readF32(key, shape));
+  }
+
+  /** Checkpoint tensors the config did not account for mean an option we do not implement. */
+  assertAllUsed(): void {
+    const unused = this.ckpt.names.filter((n) => !this.used.has(n));
+    if (unused.length > 0) {
+      throw new CheckpointError(
+        this.ckpt.source,
+        unused[0],
+        `${unused.length} tensor(s) not used by the configured model (${unused.slice(0, 4).join(', ')}${unused.length > 4 ? ', …' : ''}): the checkpoint uses an option this implementation does not support`,
+      );
+    }
+  }
+
+  /** x [M,in] · Wᵀ + b with the checkpoint's [out,in] weight used in place (Gemm transB). */
+  linear2d(x: string, prefix: string, bias = true): string {
+    const shape = this.shapes.get(`${prefix}.weight`)!;
+    const wName = this.w(`${prefix}.weight`, [shape[0], shape.slice(1).reduce((a, b) => a * b, 1)]);
+    const inputs = [x, wName];
+    if (bias) inputs.push(this.w(`${prefix}.bias`));
+    return this.g.op('Gemm', inputs, { transB: 1 });
+  }
+
+  /** x [B,T,in] → [B,T,out] through a 2-D Gemm. */
+  linear(x: string, prefix: string, batch: string, bias = true): string {
+    const shape = this.shapes.get(`${prefix}.weight`)!;
+    const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
+    const y = this.linear2d(this.g.reshape(x, [-1, inDim]), prefix, bias);
+    return this.g.reshape(y, this.g.concat([batch, this.g.ints([-1, shape[0]])], 0));
+  }
+
+  layerNorm(x: string, eps: number, affinePrefix?: string): string {
+    const { g } = this;
+    const scale = affinePrefix ? this.w(`${affinePrefix}.weight`) : g.constant(new Float32Array(this.dims.inner).fill(1));
+    const inputs = [x, scale];
+    if (affinePrefix) inputs.push(this.w(`${affinePrefix}.bias`));
+    return g.op('LayerNormalization', inputs, { axis: -1, epsilon: float(eps) });
+  }
+
+  /** diffusers RMSNorm with weight: x · rsqrt(mean(x²) + eps) · w */
+  rmsNorm(x: string, weightKey: string, eps: number): string {
+    return this.g.op('SimplifiedLayerNormalization', [x, this.w(weightKey)], { axis: -1, epsilon: float(eps) });
+  }
+
+  /** x·(1+scale)+shift, with onePlusScale and shift [B,1,D] */
+  modulate(x: string, onePlusScale: string, shift: string): string {
+    return this.g.add(this.g.mul(x, onePlusScale), shift);
+  }
+
+  /** Timesteps(256, flip_sin_to_cos) → [cos(t·f), sin(t·f)], frequencies rounded to float32 as torch does. */
+  timestepSinusoid(timestep: string): string {
+    const { g } = this;
+    const half = TIMESTEP_CHANNELS / 2;
+    const freqs = new Float32Array(half);
+    const logMax = Math.fround(-Math.log(10000));
+    for (let i = 0; i < half; i++) freqs[i] = Math.fround(Math.exp(Math.fround(Math.fround(logMax * i) / half)));
+    const args = g.mul(g.unsqueeze(timestep, [1]), g.constant(freqs, [1, half])); // [B,128]
+    return g.concat([g.op('Cos', [args]), g.op('Sin', [args])], 1); // [B,256]
+  }
+
+  /** SANA's ReLU linear attention: out = (relu(Q)·(relu(K)ᵀ[V 1])) split into numerator / (denominator + 1e-15). */
+  linearAttention(x: string, prefix: string, batch: string): string {
+    const { g, c } = this;
+    const { inner } = this.dims;
+    const heads = c.num_attention_heads;
+    const d = c.attention_head_dim;
+    let q = this.linear(x, `${prefix}.to_q`, batch, c.attention_bias); // [B,N,D]
+    let k = this.linear(x, `${prefix}.to_k`, batch, c.attention_bias);
+    const v = this.linear(x, `${prefix}.to_v`, batch, c.attention_bias);
+    if (c.qk_norm) {
+      q = this.rmsNorm(q, `${prefix}.norm_q.weight`, QK_NORM_EPS);
+      k = this.rmsNorm(k, `${prefix}.norm_k.weight`, QK_NORM_EPS);
+    }
+    const headsView = (t: string) => g.reshape(t, [0, 0, heads, d]); // [B,N,h,d]
+    const qh = g.transpose(g.relu(headsView(q)), [0, 2, 1, 3]); // [B,h,N,d]
+    const kT = g.transpose(g.relu(headsView(k)), [0, 2, 3, 1]); // [B,h,d,N]
+    const vh = g.transpose(headsView(v), [0, 2, 1, 3]); // [B,h,N,d]
+    const vOnes = g.op('Pad', [vh, g.ints([0, 0, 0, 0, 0, 0, 0, 1]), g.scalar(1)]); // [B,h,N,d+1]
+    const kv = g.matmul(kT, vOnes); // [B,h,d,d+1]
+    const out = g.matmul(qh, kv); // [B,h,N,d+1]
+    const [num, den] = g.split(out, 3, [d, 1]);
+    const attn = g.div(num, g.add(den, g.scalar(1e-15))); // [B,h,N,d]
+    const merged = g.reshape(g.transpose(attn, [0, 2, 1, 3]), [0, 0, inner]); // [B,N,D]
+    return this.linear(merged, `${prefix}.to_out.0`, batch);
+  }
+
+  /** Softmax cross-attention over the caption tokens with the caption mask as an additive -10000 bias. */
+  crossAttention(x: string, y: string, maskBias: string, prefix: string, batch: string): string {
+    const { g, c } = this;
+    const { crossInner } = this.dims;
+    const heads = c.num_cross_attention_heads;
+    const d = c.cross_attention_head_dim;
+    let q = this.linear(x, `${prefix}.to_q`, batch); // [B,N,Dx]
+    let k = this.linear(y, `${prefix}.to_k`, batch); // [B,L,Dx]
+    const v = this.linear(y, `${prefix}.to_v`, batch);
+    if (c.qk_norm) {
+      q = this.rmsNorm(q, `${prefix}.norm_q.weight`, QK_NORM_EPS);
+      k = this.rmsNorm(k, `${prefix}.norm_k.weight`, QK_NORM_EPS);
+    }
+    const qh = g.transpose(g.reshape(q, [0, 0, heads, d]), [0, 2, 1, 3]); // [B,h,N,d]
+    const kT = g.transpose(g.reshape(k, [0, 0, heads, d]), [0, 2, 3, 1]); // [B,h,d,L]
+    const vh = g.transpose(g.reshape(v, [0, 0, heads, d]), [0, 2, 1, 3]); // [B,h,L,d]
+    const scores = g.add(g.mul(g.matmul(qh, kT), g.scalar(1 / Math.sqrt(d))), maskBias); // [B,h,N,L]
+    const attn = g.matmul(g.op('Softmax', [scores], { axis: -1 }), vh); // [B,h,N,d]
+    const merged = g.reshape(g.transpose(attn, [0, 2, 1, 3]), [0, 0, crossInner]); // [B,N,Dx]
+    return this.linear(merged, `${prefix}.to_out.0`, batch);
+  }
+
+  /** GLUMBConv: 1×1 expand to 2·hidden, SiLU, 3×3 depthwise, GLU (value·SiLU(gate)), 1×1 project. */
+  mixFfn(x: string, prefix: string, batch: string, nchwShape: string): string {
+    const { g } = this;
+    const { ffHidden } = this.dims;
+    const expanded = g.silu(this.linear(x, `${prefix}.conv_inverted`, batch)); // [B,N,2F]
+    const image = g.reshape(g.transpose(expanded, [0, 2, 1]), nchwShape); // [B,2F,h,w]
+    const depth = g.op(
+      'Conv',
+      [image, this.w(`${prefix}.conv_depth.weight`), this.w(`${prefix}.conv_depth.bias`)],
+      { group: 2 * ffHidden, kernel_shape: [3, 3], pads: [1, 1, 1, 1] },
+    ); // [B,2F,h,w]
+    const tokens = g.transpose(g.reshape(depth, [0, 0, -1]), [0, 2, 1]); // [B,N,2F]
+    const [value, gate] = g.split(tokens, 2, [ffHidden, ffHidden]);
+    const glu = g.mul(value, g.silu(gate)); // [B,N,F]
+    return this.linear(glu, `${prefix}.conv_point`, batch, false); // [B,N,D]
+  }
+
+  block(i: number, x: string, y: string, maskBias: string, t6: string, batch: string, nchwShape: string): string {
+    const { g, c } = this;
+    const { inner } = this.dims;
+    const b = `transformer_blocks.${i}`;
+    // 1. modulation: table[6,D] + t6 viewed [B,6,D], split into six [B,1,D]
+    const mod = g.add(this.w(`${b}.scale_shift_table`), g.reshape(t6, [0, 6, inner]));
+    const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = g.split(mod, 1, [1, 1, 1, 1, 1, 1]);
+    const one = g.scalar(1);
+    // 2. self-attention (linear)
+    const h1 = this.modulate(this.layerNorm(x, c.norm_eps), g.add(scaleMsa, one), shiftMsa);
+    x = g.add(x, g.mul(gateMsa, this.linearAttention(h1, `${b}.attn1`, batch)));
+    // 3. cross-attention on the un-normalised stream
+    x = g.add(x, this.crossAttention(x, y, maskBias, `${b}.attn2`, batch));
+    // 4. Mix-FFN
+    const h2 = this.modulate(this.layerNorm(x, c.norm_eps, c.norm_elementwise_affine ? `${b}.norm2` : undefined), g.add(scaleMlp, one), shiftMlp);
+    return g.add(x, g.mul(gateMlp, this.mixFfn(h2, `${b}.ff`, batch, nchwShape)));
+  }
+
+  build(): string {
+    const { g, c } = this;
+    const { inner, outChannels, p } = this.dims;
+    const hidden = g.input('hidden_states', ElemType.FLOAT, ['batch', c.in_channels, 'height', 'width']);
+    const caption = g.input('encoder_hidden_states', ElemType.FLOAT, ['batch', 'caption_length', c.caption_channels]);
+    const mask = g.input('encoder_attention_mask', ElemType.INT64, ['batch', 'caption_length']);
+    const timestep = g.input('timestep', ElemType.FLOAT, ['batch']);
+    const batch = g.shape(hidden, 0, 1); // [1] int64
+
+    // patch embedding: conv p×p stride p → [B,D,h,w] → tokens [B,N,D]
+    const patches = g.op('Conv', [hidden, this.w('patch_embed.proj.weight'), this.w('patch_embed.proj.bias')], {
+      kernel_shape: [p, p],
+      strides: [p, p],
+    });
+    const hw = g.shape(patches, 2, 4); // [h, w]
+    let x = g.transpose(g.reshape(patches, [0, 0, -1]), [0, 2, 1]); // [B,N,D]
+    if (c.interpolation_scale !== null) {
+      x = g.add(x, g.input('pos_embed', ElemType.FLOAT, [1, 'tokens', inner])); // computed on the host, see sincosPosEmbed
+    }
+
+    // timestep: sinusoid → MLP → t [B,D]; t6 = linear(silu(t)) [B,6D]
+    const tEmb = this.linear2d(
+      g.silu(this.linear2d(this.timestepSinusoid(timestep), 'time_embed.emb.timestep_embedder.linear_1')),
+      'time_embed.emb.timestep_embedder.linear_2',
+    );
+    const t6 = this.linear2d(g.silu(tEmb), 'time_embed.linear');
+
+    // caption: MLP with tanh-GELU, then RMSNorm → y [B,L,D]; mask → additive bias [B,1,1,L]
+    const y = this.rmsNorm(
+      this.linear(g.geluTanh(this.linear(caption, 'caption_projection.linear_1', batch)), 'caption_projection.linear_2', batch),
+      'caption_norm.weight',
+      CAPTION_NORM_EPS,
+    );
+    const maskF = g.cast(mask, ElemType.FLOAT);
+    const maskBias = g.unsqueeze(g.mul(g.sub(g.scalar(1), maskF), g.scalar(MASK_BIAS)), [1, 2]);
+
+    const nchwShape = g.concat([batch, g.ints([2 * this.dims.ffHidden]), hw], 0);
+    for (let i = 0; i < c.num_layers; i++) x = this.block(i, x, y, maskBias, t6, batch, nchwShape);
+
+    // final modulated norm: (table[2,D] + t[:,None]) → shift, scale
+    const finalMod = g.add(this.w('scale_shift_table'), g.unsqueeze(tEmb, [1])); // [B,2,D]
+    const [shift, scale] = g.split(finalMod, 1, [1, 1]);
+    x = this.modulate(this.layerNorm(x, FINAL_NORM_EPS), g.add(scale, g.scalar(1)), shift);
+    const out = this.linear(x, 'proj_out', batch); // [B,N,p·p·C]
+
+    // unpatchify: [B,h,w,p,p,C] → [B,C,h,p,w,p] → [B,C,H,W]
+    const six = g.reshape(out, g.concat([batch, hw, g.ints([p, p, outChannels])], 0));
+    const image = g.reshape(
+      g.transpose(six, [0, 5, 1, 3, 2, 4]),
+      g.concat([batch, g.ints([outChannels]), g.mul(hw, g.ints([p]))], 0),
+    );
+    g.output(image, 'output', ElemType.FLOAT, ['batch', outChannels, 'height', 'width']);
+    this.assertAllUsed();
+    return g.finish();
+  }
+}
+
+/**
+ * PatchEmbed's 2-D sin-cos table for an h×w token grid, [1, h·w, D]: the first D/2 channels encode the
+ * column coordinate, the rest the row, positions scaled to base_size = sample_size/p and divided by
+ * interpolation_scale; computed in float64 and rounded once, as diffusers does.
+ */
+export function sincosPosEmbed(c: LinearDitConfig, h: number, w: number): Float32Array {
+  const { inner, p } = ditDims(c);
+  const base = c.sample_size / p;
+  const interp = c.interpolation_scale ?? 1;
+  const quarter = inner / 4;
+  const omega = new Float64Array(quarter);
+  for (let k = 0; k < quarter; k++) omega[k] = 1 / 10000 ** (k / quarter);
+  const f = Math.fround;
+  const rowPos = (i: number) => f(f(i / f(h / base)) / f(interp));
+  const colPos = (j: number) => f(f(j / f(w / base)) / f(interp));
+  const out = new Float32Array(h * w * inner);
+  for (let i = 0; i < h; i++) {
+    for (let j = 0; j < w; j++) {
+      const o = (i * w + j) * inner;
+      const cp = colPos(j);
+      const rp = rowPos(i);
+      for (let k = 0; k < quarter; k++) {
+        out[o + k] = Math.sin(cp * omega[k]);
+        out[o + quarter + k] = Math.cos(cp * omega[k]);
+        out[o + 2 * quarter + k] = Math.sin(rp * omega[k]);
+        out[o + 3 * quarter + k] = Math.cos(rp * omega[k]);
+      }
+    }
+  }
+  return out;
+}
+
+export interface DitInputs {
+  /** [B, in_channels, H, W] float32 */
+  hiddenStates: HostTensor<Float32Array>;
+  /** [B, L, caption_channels] float32 */
+  encoderHiddenStates: HostTensor<Float32Array>;
+  /** [B, L] int64 (1 keep / 0 drop) */
+  encoderAttentionMask: HostTensor<BigInt64Array>;
+  /** [B] float32 */
+  timestep: HostTensor<Float32Array>;
+}
+
+/** A loaded SanaTransformer2DModel: forward() runs it in an ONNX Runtime worker. */
+export class LinearDit {
+  private readonly posCache = new Map<string, Float32Array>();
+
+  private constructor(
+    readonly config: LinearDitConfig,
+    readonly session: OrtSession,
+    readonly modelDir: string,
+    readonly compileCacheHit: boolean,
+  ) {}
+
+  /** Loads `<dir>/config.json` and its safetensors (single or sharded, fp32/fp16/bf16). */
+  static async load(dir: string, options: SessionOptions = {}): Promise<LinearDit> {
+    const configFile = path.join(dir, 'config.json');
+    const config = loadLinearDitConfig(configFile);
+    const ckpt = Checkpoint.open(dir, 'diffusion_pytorch_model');
+    const { dir: modelDir, hit } = await cachedCompile(
+      { kind: 'linear-dit', inputs: [configFile, ...ckpt.files], options: {}, code: [import.meta.url, new URL('../common/onnx-graph.ts', import.meta.url).href] },
+      (out) => {
+        new DitGraph(config, ckpt, out).build();
+      },
+    );
+    const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), options);
+    return new LinearDit(config, session, modelDir, hit);
+  }
+
+  validate(inputs: DitInputs): void {
+    const c = this.config;
+    const { p } = ditDims(c);
+    const hs = inputs.hiddenStates.dims;
+    if (hs.length !== 4 || hs[1] !== c.in_channels) {
+      throw new InvalidArgumentError('hidden_states', `shape [${hs}] must be [B, ${c.in_channels}, H, W]`);
+    }
+    const [b, , h, w] = hs;
+    if (b < 1 || h < 1 || w < 1 || h % p !== 0 || w % p !== 0) {
+      throw new InvalidArgumentError('hidden_states', `H and W must be positive multiples of patch_size ${p}, got ${h}×${w}`);
+    }
+    const e = inputs.encoderHiddenStates.dims;
+    if (e.length !== 3 || e[0] !== b || e[2] !== c.caption_channels || e[1] < 1) {
+      throw new InvalidArgumentError('encoder_hidden_states', `shape [${e}] must be [${b}, L, ${c.caption_channels}]`);
+    }
+    const m = inputs.encoderAttentionMask.dims;
+    if (m.length !== 2 || m[0] !== b || m[1] !== e[1]) {
+      throw new InvalidArgumentError('encoder_attention_mask', `shape [${m}] must be [${b}, ${e[1]}]`);
+    }
+    if (inputs.timestep.dims.length !== 1 || inputs.timestep.dims[0] !== b) {
+      throw new InvalidArgumentError('timestep', `shape [${inputs.timestep.dims}] must be [${b}]`);
+    }
+    for (const [field, t] of [
+      ['hidden_states', inputs.hiddenStates],
+      ['encoder_hidden_states', inputs.encoderHiddenStates],
+      ['timestep', inputs.timestep],
+    ] as const) {
+      const bad = firstNonFinite(t.data);
+      if (bad >= 0) throw new InvalidArgumentError(field, `holds a non-finite value (${t.data[bad]}) at flat index ${bad}`);
+    }
+  }
+
+  private posEmbed(h: number, w: number): HostTensor<Float32Array> {
+    const key = `${h}x${w}`;
+    let table = this.posCache.get(key);
+    if (!table) {
+      table = sincosPosEmbed(this.config, h, w);
+      if (this.posCache.size > 8) this.posCache.clear();
+      this.posCache.set(key, table);
+    }
+    return tensor(table, [1, h * w, ditDims(this.config).inner]);
+  }
+
+  /** The transformer's output sample [B, out_channels, H, W]. */
+  async forward(inputs: DitInputs): Promise<HostTensor<Float32Array>> {
+    this.validate(inputs);
+    const feeds: Record<string, HostTensor> = {
+      hidden_states: inputs.hiddenStates,
+      encoder_hidden_states: inputs.encoderHiddenStates,
+      encoder_attention_mask: inputs.encoderAttentionMask,
+      timestep: inputs.timestep,
+    };
+    if (this.config.interpolation_scale !== null) {
+      const { p } = ditDims(this.config);
+      feeds.pos_embed = this.posEmbed(inputs.hiddenStates.dims[2] / p, inputs.hiddenStates.dims[3] / p);
+    }
+    const { output } = await this.session.run(feeds);
+    return output as HostTensor<Float32Array>;
+  }
+
+  async close(): Promise<void> {
+    await this.session.close();
+  }
+}

@@ -1,0 +1,28 @@
+// Parity of the Linear-DiT on every `transformer*` group: the variant's own transformer/ checkpoint as shipped.
+import { LinearDit } from '../../services/denoiser/linear-dit.ts';
+import { tensor } from '../../services/common/tensor.ts';
+import { maxRelErr } from './golden.ts';
+import { FLOAT_LIMIT, groupsByOutput, type Stage } from './stages.ts';
+
+export const transformerStage: Stage = {
+  name: 'transformer',
+  groups: (g) => groupsByOutput(g, 'transformer', 'output'),
+  async check(golden, group) {
+    const dit = await LinearDit.load(golden.component('transformer'));
+    try {
+      const t = (n: string) => `${group}.${n}`;
+      const out = await dit.forward({
+        hiddenStates: tensor(golden.f32(t('hidden_states')), golden.shape(t('hidden_states'))),
+        encoderHiddenStates: tensor(golden.f32(t('encoder_hidden_states')), golden.shape(t('encoder_hidden_states'))),
+        encoderAttentionMask: tensor(golden.i64(t('encoder_attention_mask')), golden.shape(t('encoder_attention_mask'))),
+        timestep: tensor(golden.f32(t('timestep')), golden.shape(t('timestep'))),
+      });
+      const ref = golden.f32(t('output'));
+      const refShape = golden.shape(t('output'));
+      if (out.dims.join() !== refShape.join()) throw new Error(`output shape [${out.dims}] vs reference [${refShape}]`);
+      return [{ tensor: t('output'), metric: 'max_rel_err', value: maxRelErr(out.data, ref), limit: FLOAT_LIMIT }];
+    } finally {
+      await dit.close();
+    }
+  },
+};
