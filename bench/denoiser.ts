@@ -53,7 +53,12 @@ export async function run(argv: string[]): Promise<void> {
     });
   }
   await dit.close();
-  if (!opts.json) {
+  if (opts.json) {
+    for (const r of rows) {
+      delete r.tokens;
+      delete r.of_peak;
+    }
+  } else {
     const base = rows[0];
     for (const r of rows) r.time_x = Number(((r.median_s as number) / (base.median_s as number)).toFixed(2));
   }

@@ -1,0 +1,113 @@
+// The denoiser stage in-process: SanaPipeline's denoising loop (classifier-free guidance in one batch,
+// Flow-DPM-Solver steps) over a loaded Linear-DiT.
+import path from 'node:path';
+import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
+import type { SessionOptions } from '../common/ort-session.ts';
+import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage } from '../common/stages.ts';
+import { firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
+import { FlowDpmSolver, type FlowDpmSolverConfig } from './flow-dpm-solver.ts';
+import { applyGuidance, concatRows, firstChannels } from './guidance.ts';
+import { LinearDit } from './linear-dit.ts';
+
+export const MAX_INFERENCE_STEPS = 1000;
+
+export class LocalDenoiser implements DenoiserStage {
+  private constructor(
+    readonly transformer: LinearDit,
+    readonly schedulerConfig: FlowDpmSolverConfig,
+  ) {}
+
+  /** Loads `<modelDir>/transformer` and `<modelDir>/scheduler`. */
+  static async load(modelDir: string, options: SessionOptions = {}): Promise<LocalDenoiser> {
+    const schedulerConfig = FlowDpmSolver.loadConfig(path.join(modelDir, 'scheduler'));
+    const transformer = await LinearDit.load(path.join(modelDir, 'transformer'), options);
+    return new LocalDenoiser(transformer, schedulerConfig);
+  }
+
+  info(): DenoiserInfo {
+    const c = this.transformer.config;
+    return {
+      inChannels: c.in_channels,
+      outChannels: c.out_channels ?? c.in_channels,
+      captionChannels: c.caption_channels,
+      sampleSize: c.sample_size,
+      patchSize: c.patch_size,
+    };
+  }
+
+  private validate(req: DenoiseRequest): void {
+    const c = this.transformer.config;
+    if (!Number.isInteger(req.numInferenceSteps) || req.numInferenceSteps < 1 || req.numInferenceSteps > MAX_INFERENCE_STEPS) {
+      throw new InvalidArgumentError('num_inference_steps', `must be an integer in [1, ${MAX_INFERENCE_STEPS}], got ${req.numInferenceSteps}`);
+    }
+    if (!Number.isFinite(req.guidanceScale)) throw new InvalidArgumentError('guidance_scale', `must be finite, got ${req.guidanceScale}`);
+    const [b, ch, h, w] = req.latents.dims;
+    if (req.latents.dims.length !== 4 || ch !== c.in_channels || b < 1 || h < 1 || w < 1) {
+      throw new InvalidArgumentError('latents', `shape [${req.latents.dims}] must be [B, ${c.in_channels}, h, w]`);
+    }
+    const bad = firstNonFinite(req.latents.data);
+    if (bad >= 0) throw new InvalidArgumentError('latents', `holds a non-finite value at flat index ${bad}`);
+    const checkCaption = (field: string, embeds: HostTensor<Float32Array> | undefined, mask: HostTensor<BigInt64Array> | undefined) => {
+      if (!embeds || !mask) throw new InvalidArgumentError(field, 'is required (guidance_scale > 1 needs the negative prompt embeddings)');
+      const [eb, l, d] = embeds.dims;
+      if (embeds.dims.length !== 3 || eb !== b || d !== c.caption_channels || l < 1) {
+        throw new InvalidArgumentError(field, `shape [${embeds.dims}] must be [${b}, L, ${c.caption_channels}]`);
+      }
+      if (mask.dims.length !== 2 || mask.dims[0] !== b || mask.dims[1] !== l) {
+        throw new InvalidArgumentError(`${field}_attention_mask`, `shape [${mask.dims}] must be [${b}, ${l}]`);
+      }
+      const badValue = firstNonFinite(embeds.data);
+      if (badValue >= 0) throw new InvalidArgumentError(field, `holds a non-finite value at flat index ${badValue}`);
+    };
+    checkCaption('prompt_embeds', req.promptEmbeds, req.promptMask);
+    if (req.guidanceScale > 1) {
+      checkCaption('negative_prompt_embeds', req.negativeEmbeds, req.negativeMask);
+      if (req.negativeEmbeds!.dims[1] !== req.promptEmbeds.dims[1]) {
+        throw new InvalidArgumentError('negative_prompt_embeds', `length ${req.negativeEmbeds!.dims[1]} differs from the prompt's ${req.promptEmbeds.dims[1]}`);
+      }
+    }
+  }
+
+  async denoise(req: DenoiseRequest, ctx: DenoiseContext = {}): Promise<HostTensor<Float32Array>> {
+    this.validate(req);
+    const c = this.transformer.config;
+    const scheduler = new FlowDpmSolver(this.schedulerConfig);
+    scheduler.setTimesteps(req.numInferenceSteps);
+    const guided = req.guidanceScale > 1;
+    // CFG batch: unconditional rows first, as the reference concatenates them
+    const caption = guided ? concatRows([req.negativeEmbeds!, req.promptEmbeds]) : req.promptEmbeds;
+    const mask = guided ? concatRows([req.negativeMask!, req.promptMask]) : req.promptMask;
+    const [batch, channels, h, w] = req.latents.dims;
+    const rows = guided ? 2 * batch : batch;
+    const learnedSigma = Math.floor((c.out_channels ?? c.in_channels) / 2) === channels;
+    let latents = req.latents.data;
+    const timesteps = scheduler.timesteps;
+    for (let i = 0; i < timesteps.length; i++) {
+      if (ctx.signal?.aborted) throw new CancelledError(`denoising cancelled before step ${i + 1} of ${timesteps.length}`);
+      const started = performance.now();
+      const t = timesteps[i];
+      const modelInput = guided ? concatRows([tensor(latents, req.latents.dims), tensor(latents, req.latents.dims)]) : tensor(latents, req.latents.dims);
+      const prediction = await this.transformer.forward({
+        hiddenStates: modelInput,
+        encoderHiddenStates: caption,
+        encoderAttentionMask: mask,
+        timestep: tensor(new Float32Array(rows).fill(t * c.timestep_scale), [rows]),
+      });
+      let noise = guided ? applyGuidance(prediction.data, req.guidanceScale) : prediction.data;
+      if (learnedSigma) noise = firstChannels(noise, batch, channels, h * w);
+      latents = scheduler.step(noise, t, latents);
+      ctx.onStep?.({
+        step: i,
+        total: timesteps.length,
+        timestep: t,
+        seconds: (performance.now() - started) / 1000,
+        latents: ctx.previewEvery && (i + 1) % ctx.previewEvery === 0 ? tensor(latents, [batch, channels, h, w]) : undefined,
+      });
+    }
+    return tensor(latents, [batch, channels, h, w]);
+  }
+
+  async close(): Promise<void> {
+    await this.transformer.close();
+  }
+}
