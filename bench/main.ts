@@ -1,7 +1,10 @@
 // `npm run bench -- <stage> [options]`: benchmark tables for each stage. Each stage module parses its own
 // options and prints its rows.
 const stages: Record<string, () => Promise<{ run(argv: string[]): Promise<void> }>> = {
+  decoder: () => import('./decoder.ts'),
   denoiser: () => import('./denoiser.ts'),
+  serve: () => import('./serve.ts'),
+  'text-encoder': () => import('./text-encoder.ts'),
 };
 
 const [stage, ...rest] = process.argv.slice(2);

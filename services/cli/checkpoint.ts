@@ -3,16 +3,28 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { writeComponent, type WriteOptions } from '../common/random-checkpoint.ts';
 import { PRESETS } from './presets.ts';
+import { writeTestTokenizer } from '../text-encoder/tokenizer.ts';
 
 export function writeRandomCheckpoint(presetName: string, outDir: string, options: WriteOptions = {}): string[] {
   const preset = PRESETS[presetName];
   if (!preset) throw new Error(`unknown preset ${presetName}; known: ${Object.keys(PRESETS).join(', ')}`);
   const written: string[] = [];
   for (const make of Object.values(preset.components)) written.push(writeComponent(outDir, make!(), options));
+  if (preset.tokenizer) written.push(writeTestTokenizer(path.join(outDir, 'tokenizer'), preset.tokenizer));
   if (preset.scheduler) {
     fs.mkdirSync(path.join(outDir, 'scheduler'), { recursive: true });
     fs.writeFileSync(path.join(outDir, 'scheduler', 'scheduler_config.json'), `${JSON.stringify(preset.scheduler, null, 2)}\n`);
     written.push(path.join(outDir, 'scheduler'));
+    // a whole pipeline: model_index.json as SanaPipeline.save_pretrained writes it
+    const modelIndex = {
+      _class_name: 'SanaPipeline',
+      scheduler: ['diffusers', 'DPMSolverMultistepScheduler'],
+      text_encoder: ['transformers', 'Gemma2Model'],
+      tokenizer: ['transformers', 'GemmaTokenizerFast'],
+      transformer: ['diffusers', 'SanaTransformer2DModel'],
+      vae: ['diffusers', 'AutoencoderDC'],
+    };
+    fs.writeFileSync(path.join(outDir, 'model_index.json'), `${JSON.stringify(modelIndex, null, 2)}\n`);
   }
   return written;
 }

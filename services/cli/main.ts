@@ -1,7 +1,12 @@
 // The `sana` command.
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
+import { ConfigError } from '../common/config.ts';
+import { InvalidArgumentError } from '../common/errors.ts';
+import { CheckpointError } from '../common/safetensors.ts';
 import { writeRandomCheckpoint } from './checkpoint.ts';
+import { registerGenerate } from './generate.ts';
 import { PRESETS } from './presets.ts';
+import { registerServe } from './serve.ts';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -30,9 +35,15 @@ checkpoint
     for (const d of dirs) console.log(`wrote ${d}`);
   });
 
+registerGenerate(program);
+registerServe(program);
+
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
+  // bad arguments, configs and checkpoints are the user's to fix: a message and exit 2, no stack trace
+  const usage = e instanceof InvalidArgumentError || e instanceof ConfigError || e instanceof CheckpointError;
   console.error(`sana: ${(e as Error).message}`);
-  process.exit(1);
+  if (!usage && process.env.SANA_DEBUG) console.error((e as Error).stack);
+  process.exit(usage ? 2 : 1);
 }

@@ -9,6 +9,9 @@ export interface SessionOptions {
   graphOptimizationLevel?: 'disabled' | 'basic' | 'extended' | 'all';
   /** keep weights in the page cache instead of ORT's packed copy (less memory, slower GEMMs) */
   disablePrepacking?: boolean;
+  /** false: tensors come from the system allocator and go back after use, so memory follows the live set
+   *  (ORT's arena keeps its high-water mark, grown in powers of two); default true */
+  memoryArena?: boolean;
 }
 
 export type WorkerRequest =

@@ -14,6 +14,7 @@ const session = await ort.InferenceSession.create(modelPath, {
   interOpNumThreads: 1,
   executionMode: 'sequential',
   graphOptimizationLevel: options.graphOptimizationLevel ?? 'all',
+  enableCpuMemArena: options.memoryArena ?? true,
   extra: options.disablePrepacking ? { session: { disable_prepacking: '1' } } : {},
 });
 port.postMessage({

@@ -318,7 +318,9 @@ export function writeSafetensors(
       for (const s of shard) {
         const data = produce(s.name);
         if (data.length !== numel(s.shape)) throw new Error(`${s.name}: produced ${data.length} values for shape [${s.shape}]`);
-        fs.writeSync(fd, encode(data, dtype));
+        const bytes = encode(data, dtype);
+        // one write() takes at most 2 GiB (an fp32 Gemma-2 embedding is 2.36 GB)
+        for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, Math.min(bytes.length - done, 1 << 30));
       }
     } finally {
       fs.closeSync(fd);

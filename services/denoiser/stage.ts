@@ -5,23 +5,27 @@ import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage } from '../common/stages.ts';
 import { firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
-import { FlowDpmSolver, type FlowDpmSolverConfig } from './flow-dpm-solver.ts';
+import { ConfigError } from '../common/config.ts';
+import { FlowDpmSolver, type FlowDpmSolverSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
 import { applyGuidance, concatRows, firstChannels } from './guidance.ts';
 import { LinearDit } from './linear-dit.ts';
-
-export const MAX_INFERENCE_STEPS = 1000;
 
 export class LocalDenoiser implements DenoiserStage {
   private constructor(
     readonly transformer: LinearDit,
-    readonly schedulerConfig: FlowDpmSolverConfig,
+    readonly schedulerSettings: FlowDpmSolverSettings,
   ) {}
 
   /** Loads `<modelDir>/transformer` and `<modelDir>/scheduler`. */
   static async load(modelDir: string, options: SessionOptions = {}): Promise<LocalDenoiser> {
-    const schedulerConfig = FlowDpmSolver.loadConfig(path.join(modelDir, 'scheduler'));
+    const schedulerDir = path.join(modelDir, 'scheduler');
+    const settings = FlowDpmSolver.loadConfig(schedulerDir);
+    if (settings.algorithm.startsWith('sde-')) {
+      // the SDE solvers draw fresh noise every step from the pipeline's generator, which lives in the gateway
+      throw new ConfigError(schedulerConfigFile(schedulerDir), `key "algorithm_type" = "${settings.algorithm}" is not supported by the serving pipeline (stochastic)`);
+    }
     const transformer = await LinearDit.load(path.join(modelDir, 'transformer'), options);
-    return new LocalDenoiser(transformer, schedulerConfig);
+    return new LocalDenoiser(transformer, settings);
   }
 
   info(): DenoiserInfo {
@@ -37,9 +41,7 @@ export class LocalDenoiser implements DenoiserStage {
 
   private validate(req: DenoiseRequest): void {
     const c = this.transformer.config;
-    if (!Number.isInteger(req.numInferenceSteps) || req.numInferenceSteps < 1 || req.numInferenceSteps > MAX_INFERENCE_STEPS) {
-      throw new InvalidArgumentError('num_inference_steps', `must be an integer in [1, ${MAX_INFERENCE_STEPS}], got ${req.numInferenceSteps}`);
-    }
+    validateStepCount(req.numInferenceSteps);
     if (!Number.isFinite(req.guidanceScale)) throw new InvalidArgumentError('guidance_scale', `must be finite, got ${req.guidanceScale}`);
     const [b, ch, h, w] = req.latents.dims;
     if (req.latents.dims.length !== 4 || ch !== c.in_channels || b < 1 || h < 1 || w < 1) {
@@ -71,8 +73,8 @@ export class LocalDenoiser implements DenoiserStage {
   async denoise(req: DenoiseRequest, ctx: DenoiseContext = {}): Promise<HostTensor<Float32Array>> {
     this.validate(req);
     const c = this.transformer.config;
-    const scheduler = new FlowDpmSolver(this.schedulerConfig);
-    scheduler.setTimesteps(req.numInferenceSteps);
+    const scheduler = new FlowDpmSolver(this.schedulerSettings); // per request: solvers carry multistep state
+    const { timesteps } = scheduler.setTimesteps(req.numInferenceSteps);
     const guided = req.guidanceScale > 1;
     // CFG batch: unconditional rows first, as the reference concatenates them
     const caption = guided ? concatRows([req.negativeEmbeds!, req.promptEmbeds]) : req.promptEmbeds;
@@ -81,7 +83,6 @@ export class LocalDenoiser implements DenoiserStage {
     const rows = guided ? 2 * batch : batch;
     const learnedSigma = Math.floor((c.out_channels ?? c.in_channels) / 2) === channels;
     let latents = req.latents.data;
-    const timesteps = scheduler.timesteps;
     for (let i = 0; i < timesteps.length; i++) {
       if (ctx.signal?.aborted) throw new CancelledError(`denoising cancelled before step ${i + 1} of ${timesteps.length}`);
       const started = performance.now();

@@ -5,7 +5,10 @@
 //   negative  ─ Gemma-2 ───────► embeds [B,L,H] ┼─► CFG denoising (Flow-DPM-Solver) ─► latents ─► DC-AE ─► images
 //   seed ─ torch.randn ────────► noise [B,C,h,w]┘
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
+import type { SessionOptions } from '../common/ort-session.ts';
 import type {
   DecodedImage,
   DecoderStage,
@@ -16,12 +19,51 @@ import type {
 } from '../common/stages.ts';
 import { type HostTensor, tensor } from '../common/tensor.ts';
 import { torchRandn } from '../common/torch-randn.ts';
+import { LocalDecoder } from '../decoder/stage.ts';
+import { LocalDenoiser } from '../denoiser/stage.ts';
+import { LocalTextEncoder } from '../text-encoder/stage.ts';
 import { binForSampleSize, classifyHeightWidthBin } from './resolution-bins.ts';
 
 export interface PipelineStages {
   textEncoder: TextEncoderStage;
   denoiser: DenoiserStage;
   decoder: DecoderStage;
+}
+
+export interface LocalStages extends PipelineStages {
+  textEncoder: LocalTextEncoder;
+  denoiser: LocalDenoiser;
+  decoder: LocalDecoder;
+  close(): Promise<void>;
+}
+
+const COMPONENTS = ['transformer', 'vae', 'text_encoder', 'tokenizer', 'scheduler'] as const;
+
+/** Checks that a folder is a diffusers SANA pipeline checkpoint, naming what is missing. */
+export function checkModelDir(modelDir: string): void {
+  if (!fs.existsSync(modelDir) || !fs.statSync(modelDir).isDirectory()) {
+    throw new InvalidArgumentError('model', `no such folder: ${modelDir}`);
+  }
+  const missing = COMPONENTS.filter((c) => !fs.existsSync(path.join(modelDir, c)));
+  if (missing.length > 0) {
+    throw new InvalidArgumentError('model', `${modelDir} is not a SANA diffusers checkpoint: missing ${missing.map((m) => `${m}/`).join(', ')}`);
+  }
+}
+
+/** The three stages in this process, from a pipeline checkpoint folder. */
+export async function loadLocalStages(modelDir: string, options: SessionOptions = {}): Promise<LocalStages> {
+  checkModelDir(modelDir);
+  const textEncoder = await LocalTextEncoder.load(modelDir, options);
+  const denoiser = await LocalDenoiser.load(modelDir, options);
+  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), options);
+  return {
+    textEncoder,
+    denoiser,
+    decoder,
+    async close() {
+      await Promise.all([textEncoder.close(), denoiser.close(), decoder.close()]);
+    },
+  };
 }
 
 /** SanaPipeline's arguments (camelCase), with its defaults. */
@@ -36,9 +78,11 @@ export interface GenerateArgs {
   numImagesPerPrompt?: number;
   /** torch.Generator('cpu').manual_seed(seed); random when absent (and reported) */
   seed?: number | bigint;
+  /** initial noise [B·n, C, h, w] instead of drawing it from the seed (SanaPipeline's `latents=`) */
+  latents?: HostTensor<Float32Array>;
   useResolutionBinning?: boolean;
   maxSequenceLength?: number;
-  /** instruction lines; false disables the complex human instruction */
+  /** instruction lines (default: the text SANA was trained with); false or [] disables it, as in diffusers */
   complexHumanInstruction?: string[] | false;
   format?: ImageFormat;
   quality?: number;
@@ -87,7 +131,8 @@ export interface ResolvedArgs {
   seed: bigint;
   useResolutionBinning: boolean;
   maxSequenceLength: number;
-  complexHumanInstruction: string[] | false;
+  /** undefined: the default instruction */
+  complexHumanInstruction: string[] | false | undefined;
   format: ImageFormat;
   quality?: number;
 }
@@ -146,8 +191,8 @@ export function validateGenerateArgs(args: GenerateArgs, defaultSide: number): R
   const format = args.format ?? 'png';
   if (!FORMATS.includes(format)) throw new InvalidArgumentError('format', `must be one of ${FORMATS.join(', ')}, got ${JSON.stringify(format)}`);
   const quality = args.quality === undefined ? undefined : intInRange('quality', args.quality, LIMITS.quality.min, LIMITS.quality.max);
-  const chi = args.complexHumanInstruction ?? [];
-  if (chi !== false && (!Array.isArray(chi) || chi.some((l) => typeof l !== 'string'))) {
+  const chi = args.complexHumanInstruction;
+  if (chi !== undefined && chi !== false && (!Array.isArray(chi) || chi.some((l) => typeof l !== 'string'))) {
     throw new InvalidArgumentError('complex_human_instruction', 'must be a list of strings or false');
   }
   return {
@@ -161,7 +206,7 @@ export function validateGenerateArgs(args: GenerateArgs, defaultSide: number): R
     seed,
     useResolutionBinning,
     maxSequenceLength,
-    complexHumanInstruction: chi,
+    complexHumanInstruction: Array.isArray(chi) && chi.length === 0 ? false : chi,
     format,
     quality,
   };
@@ -205,7 +250,12 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
   // 1. text encoding (the negative prompt only when guidance is on; no CHI for it)
   const guided = a.guidanceScale > 1;
   const positive = await stages.textEncoder.encode(
-    { prompts: a.prompts, useComplexHumanInstruction: a.complexHumanInstruction !== false, complexHumanInstruction: a.complexHumanInstruction || undefined, maxSequenceLength: a.maxSequenceLength },
+    {
+      prompts: a.prompts,
+      useComplexHumanInstruction: a.complexHumanInstruction !== false,
+      complexHumanInstruction: a.complexHumanInstruction || undefined,
+      maxSequenceLength: a.maxSequenceLength,
+    },
     stageCtx,
   );
   const negative = guided
@@ -221,7 +271,10 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
   const n = a.numImagesPerPrompt;
   const batch = a.prompts.length * n;
   const latentShape = [batch, denoiserInfo.inChannels, Math.floor(height / decoderInfo.spatialScale), Math.floor(width / decoderInfo.spatialScale)];
-  const latents = tensor(torchRandn(latentShape, a.seed), latentShape);
+  if (args.latents && args.latents.dims.join() !== latentShape.join()) {
+    throw new InvalidArgumentError('latents', `shape [${args.latents.dims}] must be [${latentShape}]`);
+  }
+  const latents = args.latents ?? tensor(torchRandn(latentShape, a.seed), latentShape);
 
   // 3. denoising
   const denoiseStart = performance.now();

@@ -4,16 +4,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Golden } from './golden.ts';
-import { groupsByOutput, type Stage } from './stages.ts';
+import type { Stage } from './stages.ts';
 import { transformerStage } from './transformer.ts';
+import { schedulerStage } from './scheduler.ts';
+import { textEncoderStage } from './te.ts';
+import { vaeStage } from './vae.ts';
+import { pipeStage } from './pipe.ts';
 
-const stages: Stage[] = [
-  { name: 'te', groups: (g) => groupsByOutput(g, 'te', 'last_hidden_state') },
-  transformerStage,
-  { name: 'vae', groups: (g) => groupsByOutput(g, 'vae', 'sample') },
-  { name: 'scheduler', groups: (g) => Object.keys(g.json.calls?.scheduler ?? {}) },
-  { name: 'pipe', groups: (g) => groupsByOutput(g, 'pipe', 'final_latents') },
-];
+const stages: Stage[] = [textEncoderStage, transformerStage, vaeStage, schedulerStage, pipeStage];
 
 function variantDirs(): string[] {
   const env = process.env.SANA_GOLDEN_DIRS;

@@ -1,0 +1,111 @@
+// `npm run bench -- text-encoder --preset gemma-2-2b --tokens 300`: seconds per Gemma-2 forward at real shapes
+// (random weights), analytic FLOPs, achieved GFLOP/s against this machine's fp32 MatMul peak measured in the same
+// run, load time and memory; then the stage's encode() with and without an embedding-cache hit.
+import fs from 'node:fs';
+import path from 'node:path';
+import { Command } from 'commander';
+import { cacheRoot } from '../services/common/compile-cache.ts';
+import { tensor } from '../services/common/tensor.ts';
+import { Gemma2Model, gemma2ForwardFlops } from '../services/text-encoder/gemma2.ts';
+import { LocalTextEncoder } from '../services/text-encoder/stage.ts';
+import { HfTokenizer, writeTestTokenizer } from '../services/text-encoder/tokenizer.ts';
+import { benchCheckpoint } from './checkpoints.ts';
+import { measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
+
+const GiB = 2 ** 30;
+
+export async function run(argv: string[]): Promise<void> {
+  const opts = new Command('bench text-encoder')
+    .option('--preset <name>', 'text encoder preset', 'gemma-2-2b')
+    .option('--tokens <list>', 'sequence lengths, comma-separated', '300')
+    .option('--batch <n>', 'rows per forward', '1')
+    .option('--repeats <n>', 'timed forwards per length (after one warm-up)', '3')
+    .option('--no-prepack', "keep weights in the page cache instead of ORT's packed copy")
+    .option('--no-stage', 'skip the encode() / cache rows')
+    .option('--tokenizer <dir>', "tokenizer folder for the stage rows (default: the checkpoint's, else a small test tokenizer)")
+    .option('--max-sequence-length <n>', 'max_sequence_length of the stage rows', '300')
+    .option('--json', 'one JSON object per row')
+    .parse(argv, { from: 'user' })
+    .opts<{ preset: string; tokens: string; batch: string; repeats: string; prepack: boolean; stage: boolean; tokenizer?: string; maxSequenceLength: string; json?: boolean }>();
+  const batch = Number(opts.batch);
+  const lengths = opts.tokens.split(',').map(Number);
+  const json = Boolean(opts.json);
+
+  const checkpoint = benchCheckpoint(opts.preset);
+  const started = performance.now();
+  const model = await Gemma2Model.load(path.join(checkpoint, 'text_encoder'), { disablePrepacking: !opts.prepack });
+  const loadSeconds = (performance.now() - started) / 1000;
+  const rssAfterLoad = process.memoryUsage().rss / GiB;
+  const c = model.config;
+  const peak = await measureMatmulPeakGflops();
+
+  const rows: Record<string, string | number>[] = [];
+  for (const length of lengths) {
+    const ids = new BigInt64Array(batch * length);
+    for (let i = 0; i < ids.length; i++) ids[i] = i % length === 0 ? 2n : BigInt(3 + ((i * 7919) % (c.vocab_size - 3)));
+    const mask = new BigInt64Array(batch * length).fill(1n);
+    const inputs = [tensor(ids, [batch, length]), tensor(mask, [batch, length])] as const;
+    const seconds = median(await timeRuns(() => model.forward(...inputs), Number(opts.repeats)));
+    const gflop = gemma2ForwardFlops(c, batch, length) / 1e9;
+    rows.push({
+      stage: 'text-encoder',
+      preset: opts.preset,
+      prepack: opts.prepack ? 'on' : 'off',
+      batch,
+      tokens: length,
+      median_s: Number(seconds.toFixed(3)),
+      gflop: Number(gflop.toFixed(1)),
+      gflops: Number((gflop / seconds).toFixed(1)),
+      peak_gflops: Number(peak.toFixed(1)),
+      of_peak: `${((100 * gflop) / seconds / peak).toFixed(1)}%`,
+    });
+  }
+  printTable(rows, json);
+
+  if (opts.stage) {
+    const tokenizerDir =
+      opts.tokenizer ??
+      (fs.existsSync(path.join(checkpoint, 'tokenizer', 'tokenizer.json'))
+        ? path.join(checkpoint, 'tokenizer')
+        : writeTestTokenizer(path.join(cacheRoot(), 'bench', 'test-tokenizer'), { vocabSize: Math.min(512, c.vocab_size) }));
+    const stage = LocalTextEncoder.fromModel(model, HfTokenizer.load(tokenizerDir));
+    const msl = Number(opts.maxSequenceLength);
+    const cases = [
+      { case: 'prompt + CHI', request: { prompts: ['A small, fluffy white cat curled up on a sunny windowsill'], useComplexHumanInstruction: true, maxSequenceLength: msl } },
+      { case: 'negative ""', request: { prompts: [''], useComplexHumanInstruction: false, maxSequenceLength: msl } },
+    ];
+    const stageRows: Record<string, string | number>[] = [];
+    for (const { case: name, request } of cases) {
+      const t0 = performance.now();
+      await stage.encode(request);
+      const cold = (performance.now() - t0) / 1000;
+      const hits = await timeRuns(() => stage.encode(request), 5, 0);
+      stageRows.push({
+        stage: 'encode()',
+        case: name,
+        max_sequence_length: msl,
+        miss_s: Number(cold.toFixed(3)),
+        hit_ms: Number((median(hits) * 1000).toFixed(3)),
+        speedup: Math.round(cold / median(hits)),
+      });
+    }
+    const s = stage.cacheStats();
+    if (!json) console.log('');
+    printTable(stageRows, json);
+    if (!json) console.log(`cache: ${s.hits} hits, ${s.misses} misses, ${s.entries} entries, ${(s.bytes / 2 ** 20).toFixed(2)} MiB; rows encoded ${s.encodedRows}; tokenizer ${tokenizerDir}`);
+  }
+  await model.close();
+  const footer = {
+    load_s: Number(loadSeconds.toFixed(1)),
+    session_create_s: Number(model.session.loadSeconds.toFixed(1)),
+    compile_cache: model.compileCacheHit ? 'hit' : 'miss (built now)',
+    rss_after_load_gib: Number(rssAfterLoad.toFixed(2)),
+    peak_rss_gib: Number(peakRssGiB().toFixed(2)),
+  };
+  if (json) console.log(JSON.stringify({ stage: 'text-encoder-memory', preset: opts.preset, ...footer }));
+  else {
+    console.log(
+      `\nload ${footer.load_s} s (session ${footer.session_create_s} s, compile cache ${footer.compile_cache}); RSS after load ${footer.rss_after_load_gib} GiB, peak RSS ${footer.peak_rss_gib} GiB; runs per row: 1 warm-up + ${opts.repeats} timed`,
+    );
+  }
+}

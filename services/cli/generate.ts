@@ -1,0 +1,169 @@
+// `sana generate "prompt" [--model DIR] ... --out FILE`: one text-to-image generation in this process, with a
+// progress bar per stage and per-stage timings.
+import fs from 'node:fs';
+import path from 'node:path';
+import cliProgress from 'cli-progress';
+import { type Command, Option } from 'commander';
+import { cacheRoot } from '../common/compile-cache.ts';
+import { InvalidArgumentError } from '../common/errors.ts';
+import type { ImageFormat } from '../common/stages.ts';
+import { checkModelDir, FORMATS, generate, type GenerateResult, loadLocalStages } from '../gateway/pipeline.ts';
+import { writeRandomCheckpoint } from './checkpoint.ts';
+
+export const DEFAULT_MODEL_PRESET = 'tiny';
+
+/** The embedded default: a tiny random-weight pipeline, written once into the cache folder. */
+export function defaultModelDir(): string {
+  const dir = path.join(cacheRoot(), 'checkpoints', DEFAULT_MODEL_PRESET);
+  if (!fs.existsSync(path.join(dir, '.complete'))) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    writeRandomCheckpoint(DEFAULT_MODEL_PRESET, dir, { seed: 1 });
+    fs.writeFileSync(path.join(dir, '.complete'), new Date().toISOString());
+  }
+  return dir;
+}
+
+interface GenerateOptions {
+  model?: string;
+  negative?: string;
+  width?: string;
+  height?: string;
+  steps?: string;
+  guidance?: string;
+  seed?: string;
+  numImages?: string;
+  format?: ImageFormat;
+  binning: boolean;
+  chi: boolean;
+  out: string;
+  threads?: string;
+}
+
+/** Parses a numeric flag strictly; the pipeline's validation then names the limit. */
+function numberFlag(field: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value.trim() === '' || (Number.isNaN(n) && value.trim().toLowerCase() !== 'nan')) {
+    throw new InvalidArgumentError(field, `expected a number, got "${value}"`);
+  }
+  return n;
+}
+
+function seedFlag(value: string | undefined): bigint | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d+$/.test(value.trim())) throw new InvalidArgumentError('seed', `must be an integer in [0, 2^64), got "${value}"`);
+  return BigInt(value.trim());
+}
+
+/** Output paths: FILE for one image, FILE-0.ext, FILE-1.ext ... for several. */
+export function outputPaths(out: string, count: number, format: ImageFormat): string[] {
+  const ext = path.extname(out);
+  const stem = ext ? out.slice(0, -ext.length) : out;
+  const suffix = ext || `.${format === 'jpeg' ? 'jpg' : format}`;
+  if (count === 1) return [`${stem}${suffix}`];
+  return Array.from({ length: count }, (_, i) => `${stem}-${i}${suffix}`);
+}
+
+function formatFromPath(out: string): ImageFormat | undefined {
+  const ext = path.extname(out).slice(1).toLowerCase();
+  if (ext === 'jpg' || ext === 'jpeg') return 'jpeg';
+  if (ext === 'png' || ext === 'webp') return ext;
+  return undefined;
+}
+
+async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void> {
+  const format = opts.format ?? formatFromPath(opts.out) ?? 'png';
+  const steps = numberFlag('num_inference_steps', opts.steps);
+  const args = {
+    prompt,
+    negativePrompt: opts.negative,
+    width: numberFlag('width', opts.width),
+    height: numberFlag('height', opts.height),
+    numInferenceSteps: steps,
+    guidanceScale: numberFlag('guidance_scale', opts.guidance),
+    seed: seedFlag(opts.seed),
+    numImagesPerPrompt: numberFlag('num_images_per_prompt', opts.numImages),
+    useResolutionBinning: opts.binning,
+    complexHumanInstruction: opts.chi ? undefined : (false as const),
+    format,
+  };
+  const outDir = path.dirname(path.resolve(opts.out));
+  if (!fs.existsSync(outDir)) throw new InvalidArgumentError('out', `folder ${outDir} does not exist`);
+
+  let modelDir = opts.model;
+  if (modelDir) checkModelDir(modelDir);
+  else {
+    console.error(
+      'No --model given: using a tiny random-weight SANA pipeline (generated once into the cache folder). Random weights give noise.\n' +
+        'For real images, point --model at a downloaded SANA diffusers checkpoint folder, e.g. Efficient-Large-Model/Sana_600M_1024px_diffusers.',
+    );
+    modelDir = defaultModelDir();
+  }
+
+  const loadStart = performance.now();
+  const threads = numberFlag('threads', opts.threads);
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: threads });
+  const loadSeconds = (performance.now() - loadStart) / 1000;
+
+  const interactive = Boolean(process.stderr.isTTY);
+  const bars = new cliProgress.MultiBar(
+    { format: ' {stage} |{bar}| {value}/{total} {note}', hideCursor: true, clearOnComplete: false, stream: process.stderr },
+    cliProgress.Presets.shades_classic,
+  );
+  const denoiserBar = { bar: undefined as cliProgress.SingleBar | undefined };
+  const stageBar = (name: string, total: number) => (interactive ? bars.create(total, 0, { stage: name.padEnd(8), note: '' }) : undefined);
+  const encodeBar = stageBar('encode', 1);
+  let result: GenerateResult;
+  try {
+    result = await generate(stages, args, {
+      onStage: (stage, seconds) => {
+        if (stage === 'encode') encodeBar?.update(1, { note: `${seconds.toFixed(2)} s` });
+        if (stage === 'denoise') denoiserBar.bar?.update({ note: `${seconds.toFixed(2)} s` });
+        if (!interactive) console.error(`${stage}: ${seconds.toFixed(2)} s`);
+      },
+      onStep: (e) => {
+        if (interactive) {
+          denoiserBar.bar ??= stageBar('denoise', e.total);
+          denoiserBar.bar?.update(e.step + 1, { note: `${e.seconds.toFixed(2)} s/step` });
+        } else console.error(`denoise: step ${e.step + 1}/${e.total} (${e.seconds.toFixed(2)} s)`);
+      },
+    });
+  } finally {
+    bars.stop();
+    await stages.close();
+  }
+  const paths = outputPaths(opts.out, result.images.length, format);
+  result.images.forEach((img, i) => fs.writeFileSync(paths[i], img.bytes));
+  const t = result.timings;
+  const rows: [string, number][] = [
+    ['load', loadSeconds],
+    ['encode', t.encodeSeconds],
+    ['denoise', t.denoiseSeconds],
+    ['decode', t.decodeSeconds],
+    ['total', loadSeconds + t.totalSeconds],
+  ];
+  console.log(`seed ${result.seed}, ${result.width}×${result.height}, ${steps ?? 20} steps`);
+  for (const [stage, seconds] of rows) console.log(`${stage.padEnd(8)} ${seconds.toFixed(2).padStart(8)} s`);
+  for (const p of paths) console.log(`wrote ${p}`);
+}
+
+export function registerGenerate(program: Command): void {
+  program
+    .command('generate')
+    .description('generate images from a prompt in this process')
+    .argument('<prompt>', 'the text prompt')
+    .option('--model <dir>', 'SANA pipeline checkpoint folder in the diffusers layout (default: tiny random weights)')
+    .option('--negative <text>', 'negative prompt (default "")')
+    .option('--width <px>', 'image width (default: the model\'s trained size)')
+    .option('--height <px>', 'image height (default: the model\'s trained size)')
+    .option('--steps <n>', 'num_inference_steps (default 20)')
+    .option('--guidance <scale>', 'guidance_scale; <= 1 turns classifier-free guidance off (default 4.5)')
+    .option('--seed <n>', 'seed of the initial noise, as torch.Generator("cpu").manual_seed (default random)')
+    .option('--num-images <n>', 'num_images_per_prompt (default 1)')
+    .addOption(new Option('--format <format>', 'image format (default from --out, else png)').choices([...FORMATS]))
+    .option('--no-binning', 'turn off resolution binning (width and height must then be multiples of 32)')
+    .option('--no-chi', 'turn off the complex human instruction prefix')
+    .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
+    .requiredOption('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...)')
+    .action(runGenerate);
+}

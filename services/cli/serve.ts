@@ -1,0 +1,295 @@
+// `sana serve <text-encoder|denoiser|decoder|gateway|all>`: runs one service per process (Kubernetes) or all four
+// in one process on loopback ports over the same gRPC code path (the embedded default). Flags and SANA_*
+// environment variables configure it; the configuration is printed to stderr at start, logs go to stdout.
+import path from 'node:path';
+import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
+import type { Registry } from 'prom-client';
+import type { AdmissionLimits } from '../common/admission.ts';
+import { ServiceHost } from '../common/grpc-server.ts';
+import { createLogger, type Logger } from '../common/logging.ts';
+import { createRegistry, startMetricsServer, type MetricsServer } from '../common/metrics.ts';
+import type { SessionOptions } from '../common/ort-session.ts';
+import { bringUp, StageSlot } from '../common/stage-slot.ts';
+import type { DecoderStage, DenoiserStage, TextEncoderStage } from '../common/stages.ts';
+import { addDecoderService, warmUpDecoder } from '../decoder/server.ts';
+import { LocalDecoder } from '../decoder/stage.ts';
+import { addDenoiserService, warmUpDenoiser } from '../denoiser/server.ts';
+import { LocalDenoiser } from '../denoiser/stage.ts';
+import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
+import { addGenerationService, connectInBackground } from '../gateway/server.ts';
+import { addTextEncoderService, warmUpTextEncoder } from '../text-encoder/server.ts';
+import { LocalTextEncoder } from '../text-encoder/stage.ts';
+import { defaultModelDir } from './generate.ts';
+
+export const ROLES = ['text-encoder', 'denoiser', 'decoder', 'gateway', 'all'] as const;
+export type Role = (typeof ROLES)[number];
+type StageRole = Exclude<Role, 'gateway' | 'all'>;
+
+/** Default gRPC and metrics ports per role, so the four can also run side by side on one machine. */
+const DEFAULT_PORTS: Record<Role, { grpc: number; metrics: number }> = {
+  all: { grpc: 50051, metrics: 9464 },
+  gateway: { grpc: 50051, metrics: 9464 },
+  'text-encoder': { grpc: 50052, metrics: 9465 },
+  denoiser: { grpc: 50053, metrics: 9466 },
+  decoder: { grpc: 50054, metrics: 9467 },
+};
+
+export interface ServeConfig {
+  role: Role;
+  /** pipeline checkpoint folder in the diffusers layout (stage roles and all) */
+  model?: string;
+  host: string;
+  port: number;
+  metricsHost: string;
+  /** -1: no metrics endpoint */
+  metricsPort: number;
+  /** stage addresses for the gateway role */
+  stages: StageAddresses;
+  maxInFlight: number;
+  maxQueue: number;
+  authToken?: string;
+  /** ONNX Runtime intra-op threads per session (default: all cores) */
+  threads?: number;
+  shutdownGraceSeconds: number;
+}
+
+export interface Serving {
+  config: ServeConfig;
+  hosts: ServiceHost[];
+  /** where clients reach the served role (the gateway in `all`) */
+  address: string;
+  metricsPort?: number;
+  /** resolves once health reports SERVING (models loaded and warmed up, stages reached) */
+  ready: Promise<void>;
+  close(): Promise<void>;
+}
+
+interface Closable {
+  close?: () => Promise<void> | void;
+}
+
+/** One stage service: listening (NOT_SERVING) at once, SERVING when its model is loaded and warmed up. */
+async function startStage(role: StageRole, config: ServeConfig, host: string, port: number, shared: Shared, admission: AdmissionLimits) {
+  if (!config.model) throw new Error(`sana serve ${config.role}: --model (or SANA_MODEL) is required`);
+  const modelDir = config.model;
+  const service = new ServiceHost({ name: role, host, port, registry: shared.registry, logger: shared.logger?.child({ service: role }), admission, shutdownGraceSeconds: config.shutdownGraceSeconds });
+  const session: SessionOptions = config.threads ? { intraOpThreads: config.threads } : {};
+  let model: Closable | undefined;
+  const serve = async <S extends object>(
+    what: string,
+    add: (host: ServiceHost, slot: StageSlot<S>) => void,
+    load: () => Promise<S>,
+    warmUp: (stage: S) => Promise<void>,
+  ) => {
+    const slot = new StageSlot<S>(what);
+    add(service, slot);
+    await service.listen();
+    const ready: Promise<unknown> = bringUp(service, slot, async () => {
+      const stage = await load();
+      model = stage as Closable;
+      return stage;
+    }, warmUp);
+    return { ready }; // wrapped: awaiting serve() waits for listen(), not for the model
+  };
+  const { ready } =
+    role === 'text-encoder'
+      ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, session), warmUpTextEncoder)
+      : role === 'denoiser'
+        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, session), warmUpDenoiser)
+        : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), session), warmUpDecoder);
+  return { service, ready, closeModel: async () => model?.close?.() };
+}
+
+interface Shared {
+  registry: Registry;
+  logger?: Logger;
+}
+
+/**
+ * Starts the role's servers and returns once they listen; `ready` tells when they serve. One metrics registry
+ * (and endpoint) serves all services of the process; `logger` replaces the per-service stdout loggers.
+ */
+export async function startServe(config: ServeConfig, options: { registry?: Registry; logger?: Logger } = {}): Promise<Serving> {
+  const shared: Shared = { registry: options.registry ?? createRegistry(), logger: options.logger };
+  const { registry } = shared;
+  const hosts: ServiceHost[] = [];
+  const closers: (() => Promise<unknown> | void)[] = [];
+  const limits = { maxInFlight: config.maxInFlight, maxQueue: config.maxQueue };
+  let ready: Promise<void>;
+  let address: string;
+  let metrics: MetricsServer | undefined;
+  try {
+    if (config.metricsPort >= 0) {
+      metrics = await startMetricsServer(registry, config.metricsHost, config.metricsPort);
+      closers.push(() => metrics!.close());
+    }
+    if (config.role === 'gateway' || config.role === 'all') {
+      let stageAddresses = config.stages;
+      let stagesReady: Promise<unknown> = Promise.resolve();
+      if (config.role === 'all') {
+        // the three stages on loopback ports of this process; the gateway reaches them over gRPC like any other
+        const started = await Promise.all(
+          (['text-encoder', 'denoiser', 'decoder'] as const).map((role) => startStage(role, config, '127.0.0.1', 0, shared, limits)),
+        );
+        for (const s of started) {
+          hosts.push(s.service);
+          closers.push(() => s.service.shutdown(), s.closeModel);
+        }
+        const [te, dn, dc] = started.map((s) => [s.service.address]);
+        stageAddresses = { textEncoder: te, denoiser: dn, decoder: dc };
+        stagesReady = Promise.all(started.map((s) => s.ready));
+      }
+      const gateway = new ServiceHost({
+        name: 'gateway',
+        host: config.host,
+        port: config.port,
+        registry,
+        logger: shared.logger?.child({ service: 'gateway' }),
+        admission: limits,
+        shutdownGraceSeconds: config.shutdownGraceSeconds,
+      });
+      const stages = new RemoteStages(stageAddresses);
+      addGenerationService(gateway, stages, { authToken: config.authToken });
+      await gateway.listen();
+      hosts.unshift(gateway);
+      let connecting: { stop(): void; ready: Promise<void> } | undefined;
+      ready = stagesReady.then(() => {
+        connecting = connectInBackground(gateway, stages);
+        return connecting.ready;
+      });
+      // the gateway stops first (drains its requests), then the stages it was calling
+      closers.unshift(() => connecting?.stop(), () => gateway.shutdown(), () => stages.close());
+      address = gateway.address;
+    } else {
+      const s = await startStage(config.role, config, config.host, config.port, shared, limits);
+      hosts.push(s.service);
+      closers.push(() => s.service.shutdown(), s.closeModel);
+      ready = s.ready.then(() => undefined);
+      address = s.service.address;
+    }
+  } catch (e) {
+    for (const close of closers) await close();
+    throw e;
+  }
+  ready.catch(() => {}); // callers that never await `ready` must not crash the process on a failed load
+  return {
+    config,
+    hosts,
+    address,
+    metricsPort: metrics?.port,
+    ready,
+    close: async () => {
+      for (const close of closers) await close();
+    },
+  };
+}
+
+// ---- the command ----
+
+function port(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new CommanderArgumentError(`expected a port in [0, 65535], got "${value}"`);
+  return n;
+}
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new CommanderArgumentError(`expected a positive integer, got "${value}"`);
+  return n;
+}
+
+function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 0) throw new CommanderArgumentError(`expected a non-negative integer, got "${value}"`);
+  return n;
+}
+
+function addressList(value: string): string[] {
+  const list = value.split(',').map((a) => a.trim()).filter(Boolean);
+  if (list.length === 0) throw new CommanderArgumentError('expected one or more comma-separated addresses');
+  return list;
+}
+
+function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boolean): string[] {
+  const lines = [`sana serve ${config.role}`];
+  const row = (key: string, value: unknown) => lines.push(`  ${key.padEnd(16)} ${value}`);
+  if (config.model) row('model', path.resolve(config.model) + (defaultModel ? ' (the default: tiny random weights, noise images)' : ''));
+  for (const h of serving.hosts) row(h.options.name, `${h.address} (in flight ≤ ${h.options.admission.maxInFlight}, queue ≤ ${h.options.admission.maxQueue})`);
+  if (config.role === 'gateway') {
+    row('text-encoder at', config.stages.textEncoder.join(', '));
+    row('denoiser at', config.stages.denoiser.join(', '));
+    row('decoder at', config.stages.decoder.join(', '));
+  }
+  if (config.role === 'gateway' || config.role === 'all') row('auth', config.authToken ? 'bearer token required' : 'off');
+  row('metrics', serving.metricsPort !== undefined ? `http://${config.metricsHost}:${serving.metricsPort}/metrics` : 'off');
+  row('threads', config.threads ?? 'all cores');
+  row('log level', process.env.SANA_LOG_LEVEL ?? 'info');
+  row('shutdown grace', `${config.shutdownGraceSeconds} s`);
+  return lines;
+}
+
+export function registerServe(program: Command): void {
+  program
+    .command('serve')
+    .description('run the gRPC services: one stage, the gateway, or all four in one process')
+    .addArgument(program.createArgument('<role>', `one of ${ROLES.join(', ')}`).choices(ROLES))
+    .addOption(new Option('--model <dir>', 'pipeline checkpoint folder (diffusers layout); default: the tiny random-weight checkpoint').env('SANA_MODEL'))
+    .addOption(new Option('--host <host>', 'address to listen on').env('SANA_HOST'))
+    .addOption(new Option('--port <n>', 'gRPC port (0: any free port); default 50051 gateway/all, 50052 text-encoder, 50053 denoiser, 50054 decoder').env('SANA_PORT').argParser(port))
+    .addOption(new Option('--metrics-host <host>', 'address of the Prometheus endpoint').env('SANA_METRICS_HOST').default('0.0.0.0'))
+    .addOption(new Option('--metrics-port <n>', 'Prometheus /metrics port (0: any free port); default 9464 gateway/all, 9465-9467 stages').env('SANA_METRICS_PORT').argParser(port))
+    .addOption(new Option('--no-metrics', 'no metrics endpoint'))
+    .addOption(new Option('--text-encoder <addresses>', 'gateway: text-encoder addresses, comma-separated (e.g. dns:///sana-text-encoder:50052)').env('SANA_TEXT_ENCODER_ADDRESS').argParser(addressList).default(['127.0.0.1:50052']))
+    .addOption(new Option('--denoiser <addresses>', 'gateway: denoiser addresses, comma-separated').env('SANA_DENOISER_ADDRESS').argParser(addressList).default(['127.0.0.1:50053']))
+    .addOption(new Option('--decoder <addresses>', 'gateway: decoder addresses, comma-separated').env('SANA_DECODER_ADDRESS').argParser(addressList).default(['127.0.0.1:50054']))
+    .addOption(new Option('--max-in-flight <n>', 'requests handled at once').env('SANA_MAX_IN_FLIGHT').argParser(positiveInt).default(4))
+    .addOption(new Option('--max-queue <n>', 'requests waiting beyond those; more get RESOURCE_EXHAUSTED').env('SANA_MAX_QUEUE').argParser(nonNegativeInt).default(32))
+    .addOption(new Option('--auth-token <token>', 'gateway: require "authorization: Bearer <token>" on Generate').env('SANA_AUTH_TOKEN'))
+    .addOption(new Option('--threads <n>', 'ONNX Runtime threads per session (default: all cores)').env('SANA_THREADS').argParser(positiveInt))
+    .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
+    .action(async (role: Role, opts: {
+      model?: string; host?: string; port?: number; metricsHost: string; metricsPort?: number; metrics: boolean;
+      textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight: number; maxQueue: number;
+      authToken?: string; threads?: number; shutdownGrace: number;
+    }) => {
+      const defaultModel = role !== 'gateway' && !opts.model;
+      const config: ServeConfig = {
+        role,
+        // like `sana generate`, the embedded default is the tiny random-weight checkpoint (noise images)
+        model: role === 'gateway' ? undefined : (opts.model ?? defaultModelDir()),
+        host: opts.host ?? (role === 'all' ? '127.0.0.1' : '0.0.0.0'),
+        port: opts.port ?? DEFAULT_PORTS[role].grpc,
+        metricsHost: opts.metricsHost,
+        metricsPort: opts.metrics ? (opts.metricsPort ?? DEFAULT_PORTS[role].metrics) : -1,
+        stages: { textEncoder: opts.textEncoder, denoiser: opts.denoiser, decoder: opts.decoder },
+        maxInFlight: opts.maxInFlight,
+        maxQueue: opts.maxQueue,
+        authToken: opts.authToken,
+        threads: opts.threads,
+        shutdownGraceSeconds: opts.shutdownGrace,
+      };
+      const serving = await startServe(config);
+      for (const line of describeConfig(config, serving, defaultModel)) console.error(line);
+      const log = createLogger('serve');
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        console.error(`sana serve: ${signal}: draining in-flight requests (up to ${config.shutdownGraceSeconds} s)`);
+        serving.close().then(() => process.exit(0), (e: Error) => {
+          log.error({ err: e }, 'shutdown failed');
+          process.exit(1);
+        });
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      try {
+        await serving.ready;
+      } catch (e) {
+        console.error(`sana serve: failed to start: ${(e as Error).message}`);
+        await serving.close();
+        process.exit(1);
+      }
+      console.error(`sana serve: ready; ${config.role === 'all' || config.role === 'gateway' ? 'Generation' : config.role} serving on ${serving.address}`);
+    });
+}

@@ -1,0 +1,68 @@
+// The Decoder gRPC service: a thin adapter over DecoderStage.decode. Latents arrive as a Tensor run; the encoded
+// images stream back in bounded chunks, one image after the other, at the pace the client reads them.
+import { InvalidArgumentError } from '../common/errors.ts';
+import { DecoderService, type DecodeRequest, type DecodeSettings } from '../common/gen/sana/v1/decoder.ts';
+import type { ImageChunk } from '../common/gen/sana/v1/image.ts';
+import type { ServiceHost } from '../common/grpc-server.ts';
+import type { StageSlot } from '../common/stage-slot.ts';
+import type { DecoderStage } from '../common/stages.ts';
+import { tensor } from '../common/tensor.ts';
+import { fromProtoFormat, imageChunks, TensorAssembler } from '../common/tensor-chunks.ts';
+import { LIMITS } from '../gateway/pipeline.ts';
+
+export const DECODER_SERVICE = 'sana.v1.Decoder';
+
+function validateSize(field: 'width' | 'height', value: number): void {
+  const { min, max } = LIMITS.side;
+  if (value < min || value > max) throw new InvalidArgumentError(field, `must be an integer in [${min}, ${max}], got ${value}`);
+}
+
+export function addDecoderService(host: ServiceHost, slot: StageSlot<DecoderStage>): void {
+  const service = host.options.name;
+  host.addService(DECODER_SERVICE, DecoderService, {
+    getInfo: host.unary('GetInfo', async () => slot.get().info()),
+    decode: host.bidiStream<DecodeRequest, ImageChunk>(
+      'Decode',
+      async (requests, scope, out) => {
+        const stage = slot.get();
+        const info = stage.info();
+        const maxLatentArea = 2 * (LIMITS.side.max / info.spatialScale) ** 2;
+        const latents = new TensorAssembler({ field: 'latents', type: 'float32', rank: 4, maxBytes: LIMITS.images * info.latentChannels * maxLatentArea * 4, finite: true });
+        let settings: DecodeSettings | undefined;
+        await requests.readAll(({ input }) => {
+          if (!input) throw new InvalidArgumentError('input', 'a DecodeRequest message must set one field');
+          if (input.$case === 'settings') {
+            if (settings) throw new InvalidArgumentError('settings', 'was sent twice');
+            settings = input.value;
+          } else latents.add(input.value);
+        });
+        if (!settings) throw new InvalidArgumentError('settings', 'is required');
+        validateSize('width', settings.width);
+        validateSize('height', settings.height);
+        if (settings.quality > LIMITS.quality.max) throw new InvalidArgumentError('quality', `must be in [1, ${LIMITS.quality.max}] (0: default), got ${settings.quality}`);
+        const format = fromProtoFormat(settings.format);
+        const images = await stage.decode(
+          { latents: latents.result(), format, width: settings.width, height: settings.height, quality: settings.quality || undefined },
+          { signal: scope.signal, requestId: scope.requestId },
+        );
+        for (const [index, image] of images.entries()) {
+          for (const chunk of imageChunks(image, index)) await out.write(chunk);
+          host.metrics.images.inc({ service, format });
+        }
+      },
+      { admit: true },
+    ),
+  });
+}
+
+/** A small decode through the whole network and the PNG encoder. */
+export async function warmUpDecoder(stage: DecoderStage): Promise<void> {
+  const info = stage.info();
+  const side = 4;
+  await stage.decode({
+    latents: tensor(new Float32Array(info.latentChannels * side * side), [1, info.latentChannels, side, side]),
+    format: 'png',
+    width: side * info.spatialScale,
+    height: side * info.spatialScale,
+  });
+}

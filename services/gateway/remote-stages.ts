@@ -1,0 +1,201 @@
+// The three stage interfaces implemented by gRPC clients, so the gateway runs the very same generate() as the
+// in-process pipeline. Tensors go out and come back as bounded Tensor runs; a cancelled AbortSignal cancels the
+// call, which aborts the stage's own signal on the other side.
+import type * as grpc from '@grpc/grpc-js';
+import { DecoderClient, type DecodeRequest } from '../common/gen/sana/v1/decoder.ts';
+import { DenoiserClient, type DenoiseRequest, type DenoiseResponse } from '../common/gen/sana/v1/denoiser.ts';
+import type { ImageChunk } from '../common/gen/sana/v1/image.ts';
+import { TextEncoderClient, type EncodeResponse } from '../common/gen/sana/v1/text_encoder.ts';
+import { ClientPool, readResponses, requestMetadata, unaryCall, writeRequests } from '../common/grpc-client.ts';
+import { Status, StatusError } from '../common/grpc-status.ts';
+import type {
+  DecodedImage,
+  DecodeRequest as StageDecodeRequest,
+  DecoderInfo,
+  DecoderStage,
+  DenoiseContext,
+  DenoiseRequest as StageDenoiseRequest,
+  DenoiserInfo,
+  DenoiserStage,
+  EncodeRequest,
+  EncodeResult,
+  StageContext,
+  StepEvent,
+  TextEncoderInfo,
+  TextEncoderStage,
+} from '../common/stages.ts';
+import type { HostTensor } from '../common/tensor.ts';
+import { ImageAssembler, TensorAssembler, tensorChunks, toProtoFormat } from '../common/tensor-chunks.ts';
+import { LIMITS } from './pipeline.ts';
+
+/** Seconds a GetInfo call may take before the stage counts as unreachable. */
+const INFO_DEADLINE_SECONDS = 5;
+/** Bounds on what a stage may send back (a misbehaving replica cannot make the gateway allocate without limit). */
+const MAX_TENSOR_BYTES = 2 ** 31 - 1;
+const MAX_IMAGE_BYTES = LIMITS.side.max * LIMITS.side.max * 4 + (1 << 20);
+
+/** Stage info fetched once per gateway (every replica of a stage serves the same model). */
+abstract class RemoteStage<C extends grpc.Client, I> {
+  protected cachedInfo: I | undefined;
+
+  constructor(
+    readonly pool: ClientPool<C>,
+    private readonly fetchInfo: (client: C) => Promise<I>,
+  ) {}
+
+  get stageName(): string {
+    return this.pool.stage;
+  }
+
+  get ready(): boolean {
+    return this.cachedInfo !== undefined;
+  }
+
+  /** Fetches the stage's info unless known; an unreachable stage is UNAVAILABLE naming its addresses. */
+  async connect(): Promise<void> {
+    if (this.cachedInfo) return;
+    try {
+      this.cachedInfo = await this.fetchInfo(this.pool.pick());
+    } catch (e) {
+      throw new StatusError(Status.UNAVAILABLE, `${this.stageName} at ${this.pool.addresses.join(', ')} is not reachable: ${(e as Error).message}`);
+    }
+  }
+
+  info(): I {
+    if (!this.cachedInfo) throw new StatusError(Status.UNAVAILABLE, `${this.stageName} has not been reached yet`);
+    return this.cachedInfo;
+  }
+
+  close(): void {
+    this.pool.close();
+  }
+}
+
+export class RemoteTextEncoder extends RemoteStage<TextEncoderClient, TextEncoderInfo> implements TextEncoderStage {
+  constructor(addresses: string[]) {
+    const pool = new ClientPool('text-encoder', addresses, TextEncoderClient);
+    super(pool, (c) => unaryCall(pool.stage, c.getInfo.bind(c), {}, INFO_DEADLINE_SECONDS));
+  }
+
+  async encode(request: EncodeRequest, ctx: StageContext = {}): Promise<EncodeResult> {
+    const embeds = new TensorAssembler({ field: 'prompt_embeds', type: 'float32', rank: 3, maxBytes: MAX_TENSOR_BYTES });
+    const mask = new TensorAssembler({ field: 'prompt_attention_mask', type: 'int64', rank: 2, maxBytes: MAX_TENSOR_BYTES });
+    const call = this.pool.pick().encode(
+      {
+        prompt: request.prompts,
+        useComplexHumanInstruction: request.useComplexHumanInstruction,
+        complexHumanInstruction: request.complexHumanInstruction ?? [],
+        maxSequenceLength: request.maxSequenceLength,
+      },
+      requestMetadata(ctx.requestId),
+    );
+    await readResponses(
+      call,
+      this.stageName,
+      ({ output }: EncodeResponse) => {
+        if (output?.$case === 'promptEmbeds') embeds.add(output.value);
+        else if (output?.$case === 'promptAttentionMask') mask.add(output.value);
+      },
+      ctx.signal,
+    );
+    return { embeds: embeds.result(), mask: mask.result() };
+  }
+}
+
+export class RemoteDenoiser extends RemoteStage<DenoiserClient, DenoiserInfo> implements DenoiserStage {
+  constructor(addresses: string[]) {
+    const pool = new ClientPool('denoiser', addresses, DenoiserClient);
+    super(pool, (c) => unaryCall(pool.stage, c.getInfo.bind(c), {}, INFO_DEADLINE_SECONDS));
+  }
+
+  async denoise(request: StageDenoiseRequest, ctx: DenoiseContext = {}): Promise<HostTensor<Float32Array>> {
+    const previewAssembler = () => new TensorAssembler({ field: 'preview', type: 'float32', rank: 4, maxBytes: MAX_TENSOR_BYTES });
+    let preview = previewAssembler();
+    const latents = new TensorAssembler({ field: 'latents', type: 'float32', rank: 4, maxBytes: MAX_TENSOR_BYTES });
+    const call = this.pool.pick().denoise(requestMetadata(ctx.requestId));
+    const received = readResponses(
+      call,
+      this.stageName,
+      ({ output }: DenoiseResponse) => {
+        if (output?.$case === 'preview') preview.add(output.value);
+        else if (output?.$case === 'latents') latents.add(output.value);
+        else if (output?.$case === 'step') {
+          const s = output.value;
+          const event: StepEvent = { step: s.step, total: s.numInferenceSteps, timestep: s.timestep, seconds: s.seconds };
+          if (preview.complete) event.latents = preview.result();
+          preview = previewAssembler();
+          ctx.onStep?.(event);
+        }
+      },
+      ctx.signal,
+    );
+    await Promise.all([writeRequests(call, denoiseMessages(request, ctx.previewEvery ?? 0), ctx.signal), received]);
+    return latents.result();
+  }
+}
+
+function* denoiseMessages(request: StageDenoiseRequest, previewEvery: number): Generator<DenoiseRequest> {
+  yield { input: { $case: 'settings', value: { numInferenceSteps: request.numInferenceSteps, guidanceScale: request.guidanceScale, previewEvery } } };
+  for (const value of tensorChunks(request.latents)) yield { input: { $case: 'latents', value } };
+  for (const value of tensorChunks(request.promptEmbeds)) yield { input: { $case: 'promptEmbeds', value } };
+  for (const value of tensorChunks(request.promptMask)) yield { input: { $case: 'promptAttentionMask', value } };
+  if (request.negativeEmbeds) for (const value of tensorChunks(request.negativeEmbeds)) yield { input: { $case: 'negativePromptEmbeds', value } };
+  if (request.negativeMask) for (const value of tensorChunks(request.negativeMask)) yield { input: { $case: 'negativePromptAttentionMask', value } };
+}
+
+export class RemoteDecoder extends RemoteStage<DecoderClient, DecoderInfo> implements DecoderStage {
+  constructor(addresses: string[]) {
+    const pool = new ClientPool('decoder', addresses, DecoderClient);
+    super(pool, (c) => unaryCall(pool.stage, c.getInfo.bind(c), {}, INFO_DEADLINE_SECONDS));
+  }
+
+  async decode(request: StageDecodeRequest, ctx: StageContext = {}): Promise<DecodedImage[]> {
+    const images = new ImageAssembler(MAX_IMAGE_BYTES);
+    const call = this.pool.pick().decode(requestMetadata(ctx.requestId));
+    const received = readResponses(call, this.stageName, (chunk: ImageChunk) => images.add(chunk), ctx.signal);
+    await Promise.all([writeRequests(call, decodeMessages(request), ctx.signal), received]);
+    return images.result();
+  }
+}
+
+function* decodeMessages(request: StageDecodeRequest): Generator<DecodeRequest> {
+  const settings = { format: toProtoFormat(request.format), width: request.width, height: request.height, quality: request.quality ?? 0 };
+  yield { input: { $case: 'settings', value: settings } };
+  for (const value of tensorChunks(request.latents)) yield { input: { $case: 'latents', value } };
+}
+
+export interface StageAddresses {
+  textEncoder: string[];
+  denoiser: string[];
+  decoder: string[];
+}
+
+/** The pipeline's three stages over gRPC. */
+export class RemoteStages {
+  readonly textEncoder: RemoteTextEncoder;
+  readonly denoiser: RemoteDenoiser;
+  readonly decoder: RemoteDecoder;
+
+  constructor(readonly addresses: StageAddresses) {
+    this.textEncoder = new RemoteTextEncoder(addresses.textEncoder);
+    this.denoiser = new RemoteDenoiser(addresses.denoiser);
+    this.decoder = new RemoteDecoder(addresses.decoder);
+  }
+
+  private get all() {
+    return [this.textEncoder, this.denoiser, this.decoder];
+  }
+
+  get ready(): boolean {
+    return this.all.every((s) => s.ready);
+  }
+
+  /** Reaches every stage not reached yet (their info); throws UNAVAILABLE naming the first that fails. */
+  async connect(): Promise<void> {
+    await Promise.all(this.all.map((s) => s.connect()));
+  }
+
+  close(): void {
+    for (const s of this.all) s.close();
+  }
+}
