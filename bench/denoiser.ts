@@ -5,7 +5,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { ditForwardFlops, LinearDit } from '../services/denoiser/linear-dit.ts';
 import { tensor } from '../services/common/tensor.ts';
-import { benchCheckpoint } from './checkpoints.ts';
+import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
 import { measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
 
 const VAE_SCALE = 32; // DC-AE F32C32: one latent pixel per 32×32 image pixels
@@ -23,7 +23,7 @@ export async function run(argv: string[]): Promise<void> {
   const batch = Number(opts.batch);
   const resolutions = opts.res.split(',').map(Number);
 
-  const dit = await LinearDit.load(path.join(benchCheckpoint(opts.preset), 'transformer'));
+  const dit = await LinearDit.load(path.join(cachedRandomCheckpoint(opts.preset), 'transformer'));
   const c = dit.config;
   const peak = await measureMatmulPeakGflops();
   const rows: Record<string, string | number>[] = [];

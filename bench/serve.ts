@@ -2,15 +2,19 @@
 // runs in a child process (its own event loop, as in production); this process is the client. Per concurrency
 // level: requests/s, client-seen p50/p99 latency, and the gateway's own overhead per request (gateway handler
 // time minus the time spent inside the stage services, from the servers' Prometheus histograms). The first row
-// is the in-process generate() on the same checkpoint, the baseline the served rows are compared with.
+// is the in-process generate() on the same checkpoint, run alternately with the served concurrency-1 requests:
+// the baseline the served rows are compared with.
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { Command } from 'commander';
 import { GenerationClient, type GenerateRequest } from '../services/common/gen/sana/v1/generation.ts';
+import { warmUpDecoder } from '../services/decoder/server.ts';
+import { warmUpDenoiser } from '../services/denoiser/server.ts';
 import { generate, loadLocalStages } from '../services/gateway/pipeline.ts';
-import { benchCheckpoint } from './checkpoints.ts';
+import { warmUpTextEncoder } from '../services/text-encoder/server.ts';
+import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
 import { median, printTable } from './util.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -40,8 +44,17 @@ async function startServer(modelDir: string, maxInFlight: number, maxQueue: numb
   });
 }
 
+interface Split {
+  /** summed seconds in the gateway's Generate handler (admission wait included) */
+  gateway: number;
+  /** summed seconds waiting for admission at the gateway */
+  queue: number;
+  /** summed seconds in the stage services' Encode, Denoise and Decode handlers */
+  stages: number;
+}
+
 /** Sums of the histograms that split a request's time, scraped from the server's /metrics. */
-async function scrape(url: string) {
+async function scrape(url: string): Promise<Split> {
   const text = await (await fetch(url)).text();
   const sum = (metric: string, labels: Record<string, string>) => {
     let total = 0;
@@ -83,7 +96,7 @@ export async function run(argv: string[]): Promise<void> {
     .opts<{ preset: string; concurrency: string; requests?: string; steps: string; maxInFlight: string; json?: boolean }>();
   const levels = opts.concurrency.split(',').map(Number);
   const steps = Number(opts.steps);
-  const modelDir = benchCheckpoint(opts.preset);
+  const modelDir = cachedRandomCheckpoint(opts.preset);
   // every request has its own prompt, so the text encoder's embedding cache never answers for the model
   let promptCount = 0;
   const request = (i: number): GenerateRequest => ({
@@ -97,28 +110,58 @@ export async function run(argv: string[]): Promise<void> {
   });
   const rows: Record<string, string | number>[] = [];
 
-  // baseline: the same pipeline in this process, one request at a time
-  const local = await loadLocalStages(modelDir);
-  const baselineRuns: number[] = [];
-  await generate(local, { prompt: 'warm-up', numInferenceSteps: steps, seed: 0 });
-  const baselineCount = 8;
-  const baselineStart = performance.now();
-  for (let i = 0; i < baselineCount; i++) {
-    const t0 = performance.now();
-    await generate(local, { prompt: request(i).prompt[0], numInferenceSteps: steps, seed: i });
-    baselineRuns.push((performance.now() - t0) / 1000);
-  }
-  const baselineRps = baselineCount / ((performance.now() - baselineStart) / 1000);
-  await local.close?.();
-  rows.push({ layout: 'in-process', concurrency: 1, requests: baselineCount, req_per_s: baselineRps, p50_s: median(baselineRuns), p99_s: quantile(baselineRuns, 0.99), in_stages_s: '', overhead_ms: '', overhead_pct: '', queue_s: '' });
-
   const maxInFlight = Number(opts.maxInFlight);
   const server = await startServer(modelDir, maxInFlight, Math.max(...levels));
   const client = new GenerationClient(server.gateway, grpc.credentials.createInsecure());
+  const local = await loadLocalStages(modelDir);
+  const levelRequests = (concurrency: number) => (opts.requests ? Number(opts.requests) : Math.max(16, 4 * concurrency));
+  const servedRow = (concurrency: number, total: number, wall: number, latencies: number[], before: Split, after: Split) => {
+    const gatewaySeconds = (after.gateway - before.gateway - (after.queue - before.queue)) / total;
+    const stageSeconds = (after.stages - before.stages) / total;
+    const overhead = gatewaySeconds - stageSeconds;
+    return {
+      layout: 'served',
+      concurrency,
+      requests: total,
+      req_per_s: total / wall,
+      p50_s: median(latencies),
+      p99_s: quantile(latencies, 0.99),
+      in_stages_s: stageSeconds,
+      overhead_ms: overhead * 1000,
+      overhead_pct: `${((100 * overhead) / gatewaySeconds).toFixed(1)}%`,
+      queue_s: (after.queue - before.queue) / total,
+    };
+  };
+  let baselineRps = 0;
   try {
-    await generateOnce(client, request(0)); // warm the channel and the stages
-    for (const concurrency of levels) {
-      const total = opts.requests ? Number(opts.requests) : Math.max(16, 4 * concurrency);
+    // warm both: the server's channel and stages, and the in-process stages with the servers' own warm-up
+    // requests (they change later timings: a small decode first makes the tiny decoder's later ones faster)
+    await generateOnce(client, request(0));
+    await warmUpTextEncoder(local.textEncoder);
+    await warmUpDenoiser(local.denoiser);
+    await warmUpDecoder(local.decoder);
+    await generate(local, { prompt: 'warm-up', numInferenceSteps: steps, seed: 0 });
+
+    // one request at a time, in-process and served alternately, so the shared machine's noise hits both alike
+    const total = levelRequests(1);
+    const inProcess: number[] = [];
+    const served: number[] = [];
+    const before = await scrape(server.metrics);
+    for (let i = 0; i < total; i++) {
+      const t0 = performance.now();
+      await generate(local, { prompt: request(i).prompt[0], numInferenceSteps: steps, seed: i });
+      inProcess.push((performance.now() - t0) / 1000);
+      served.push(await generateOnce(client, request(i)));
+    }
+    const after = await scrape(server.metrics);
+    await local.close();
+    const sum = (v: number[]) => v.reduce((a, b) => a + b, 0);
+    baselineRps = total / sum(inProcess);
+    rows.push({ layout: 'in-process', concurrency: 1, requests: total, req_per_s: baselineRps, p50_s: median(inProcess), p99_s: quantile(inProcess, 0.99), in_stages_s: '', overhead_ms: '', overhead_pct: '', queue_s: '' });
+    rows.push(servedRow(1, total, sum(served), served, before, after));
+
+    for (const concurrency of levels.filter((c) => c !== 1)) {
+      const total = levelRequests(concurrency);
       const before = await scrape(server.metrics);
       const latencies: number[] = [];
       let next = 0;
@@ -128,23 +171,7 @@ export async function run(argv: string[]): Promise<void> {
           while (next < total) latencies.push(await generateOnce(client, request(next++)));
         }),
       );
-      const wall = (performance.now() - started) / 1000;
-      const after = await scrape(server.metrics);
-      const gatewaySeconds = (after.gateway - before.gateway - (after.queue - before.queue)) / total;
-      const stageSeconds = (after.stages - before.stages) / total;
-      const overhead = gatewaySeconds - stageSeconds;
-      rows.push({
-        layout: 'served',
-        concurrency,
-        requests: total,
-        req_per_s: total / wall,
-        p50_s: median(latencies),
-        p99_s: quantile(latencies, 0.99),
-        in_stages_s: stageSeconds,
-        overhead_ms: overhead * 1000,
-        overhead_pct: `${((100 * overhead) / gatewaySeconds).toFixed(1)}%`,
-        queue_s: (after.queue - before.queue) / total,
-      });
+      rows.push(servedRow(concurrency, total, (performance.now() - started) / 1000, latencies, before, await scrape(server.metrics)));
     }
   } finally {
     client.close();
@@ -159,7 +186,7 @@ export async function run(argv: string[]): Promise<void> {
       `preset ${opts.preset}, ${steps} steps, default resolution, PNG; gateway in-flight limit ${maxInFlight}. ` +
         'overhead = gateway handler time (after admission) minus the stage services\' handler time, per request; ' +
         'queue_s = mean wait for admission; p99 is the slowest request when a level has under 100; ' +
-        'vs_in_process = requests/s relative to the in-process row.',
+        'vs_in_process = requests/s relative to the in-process row (concurrency 1 rows ran alternately, request by request).',
     );
   }
 }

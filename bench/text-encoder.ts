@@ -9,7 +9,7 @@ import { tensor } from '../services/common/tensor.ts';
 import { Gemma2Model, gemma2ForwardFlops } from '../services/text-encoder/gemma2.ts';
 import { LocalTextEncoder } from '../services/text-encoder/stage.ts';
 import { HfTokenizer, writeTestTokenizer } from '../services/text-encoder/tokenizer.ts';
-import { benchCheckpoint } from './checkpoints.ts';
+import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
 import { measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
 
 const GiB = 2 ** 30;
@@ -31,7 +31,7 @@ export async function run(argv: string[]): Promise<void> {
   const lengths = opts.tokens.split(',').map(Number);
   const json = Boolean(opts.json);
 
-  const checkpoint = benchCheckpoint(opts.preset);
+  const checkpoint = cachedRandomCheckpoint(opts.preset);
   const started = performance.now();
   const model = await Gemma2Model.load(path.join(checkpoint, 'text_encoder'), { disablePrepacking: !opts.prepack });
   const loadSeconds = (performance.now() - started) / 1000;

@@ -1,6 +1,7 @@
 // `sana checkpoint random --preset <name> --out DIR`: writes a random checkpoint in the diffusers layout.
 import fs from 'node:fs';
 import path from 'node:path';
+import { cacheRoot } from '../common/compile-cache.ts';
 import { writeComponent, type WriteOptions } from '../common/random-checkpoint.ts';
 import { PRESETS } from './presets.ts';
 import { writeTestTokenizer } from '../text-encoder/tokenizer.ts';
@@ -27,4 +28,20 @@ export function writeRandomCheckpoint(presetName: string, outDir: string, option
     fs.writeFileSync(path.join(outDir, 'model_index.json'), `${JSON.stringify(modelIndex, null, 2)}\n`);
   }
   return written;
+}
+
+/**
+ * A random checkpoint of a preset in the cache folder, written once (seed 0): the embedded default model of
+ * `sana generate` / `sana serve` and the benchmarks' models.
+ */
+export function cachedRandomCheckpoint(presetName: string): string {
+  const dir = path.join(cacheRoot(), 'checkpoints', presetName);
+  const done = path.join(dir, '.complete');
+  if (!fs.existsSync(done)) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    console.error(`writing the random checkpoint ${presetName} to ${dir} (once) ...`);
+    writeRandomCheckpoint(presetName, dir);
+    fs.writeFileSync(done, new Date().toISOString());
+  }
+  return dir;
 }

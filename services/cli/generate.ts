@@ -4,23 +4,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { type Command, Option } from 'commander';
-import { cacheRoot } from '../common/compile-cache.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
-import { checkModelDir, FORMATS, generate, type GenerateResult, loadLocalStages } from '../gateway/pipeline.ts';
-import { writeRandomCheckpoint } from './checkpoint.ts';
-
-export const DEFAULT_MODEL_PRESET = 'tiny';
+import { FORMATS, LIMITS } from '../common/limits.ts';
+import { checkModelDir, generate, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
+import { cachedRandomCheckpoint } from './checkpoint.ts';
 
 /** The embedded default: a tiny random-weight pipeline, written once into the cache folder. */
 export function defaultModelDir(): string {
-  const dir = path.join(cacheRoot(), 'checkpoints', DEFAULT_MODEL_PRESET);
-  if (!fs.existsSync(path.join(dir, '.complete'))) {
-    fs.rmSync(dir, { recursive: true, force: true });
-    writeRandomCheckpoint(DEFAULT_MODEL_PRESET, dir, { seed: 1 });
-    fs.writeFileSync(path.join(dir, '.complete'), new Date().toISOString());
-  }
-  return dir;
+  return cachedRandomCheckpoint('tiny');
 }
 
 interface GenerateOptions {
@@ -87,6 +79,8 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
     complexHumanInstruction: opts.chi ? undefined : (false as const),
     format,
   };
+  // reject bad arguments before spending seconds on loading models (the size default needs the model: any valid one here)
+  validateGenerateArgs(args, LIMITS.side.min);
   const outDir = path.dirname(path.resolve(opts.out));
   if (!fs.existsSync(outDir)) throw new InvalidArgumentError('out', `folder ${outDir} does not exist`);
 
@@ -106,16 +100,23 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
   const loadSeconds = (performance.now() - loadStart) / 1000;
 
   const interactive = Boolean(process.stderr.isTTY);
-  const bars = new cliProgress.MultiBar(
-    { format: ' {stage} |{bar}| {value}/{total} {note}', hideCursor: true, clearOnComplete: false, stream: process.stderr },
-    cliProgress.Presets.shades_classic,
-  );
+  const bars = interactive
+    ? new cliProgress.MultiBar(
+        { format: ' {stage} |{bar}| {value}/{total} {note}', hideCursor: true, clearOnComplete: false, stream: process.stderr },
+        cliProgress.Presets.shades_classic,
+      )
+    : undefined;
   const denoiserBar = { bar: undefined as cliProgress.SingleBar | undefined };
-  const stageBar = (name: string, total: number) => (interactive ? bars.create(total, 0, { stage: name.padEnd(8), note: '' }) : undefined);
+  const stageBar = (name: string, total: number) => bars?.create(total, 0, { stage: name.padEnd(8), note: '' });
+  // Ctrl-C stops between denoising steps instead of killing the process mid-write
+  const abort = new AbortController();
+  const onSigint = () => abort.abort();
+  process.once('SIGINT', onSigint);
   const encodeBar = stageBar('encode', 1);
   let result: GenerateResult;
   try {
     result = await generate(stages, args, {
+      signal: abort.signal,
       onStage: (stage, seconds) => {
         if (stage === 'encode') encodeBar?.update(1, { note: `${seconds.toFixed(2)} s` });
         if (stage === 'denoise') denoiserBar.bar?.update({ note: `${seconds.toFixed(2)} s` });
@@ -129,7 +130,8 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
       },
     });
   } finally {
-    bars.stop();
+    process.off('SIGINT', onSigint);
+    bars?.stop();
     await stages.close();
   }
   const paths = outputPaths(opts.out, result.images.length, format);

@@ -1,7 +1,7 @@
 // The `sana` command.
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
 import { ConfigError } from '../common/config.ts';
-import { InvalidArgumentError } from '../common/errors.ts';
+import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
 import { CheckpointError } from '../common/safetensors.ts';
 import { writeRandomCheckpoint } from './checkpoint.ts';
 import { registerGenerate } from './generate.ts';
@@ -14,7 +14,7 @@ function positiveInt(value: string): number {
   return n;
 }
 
-const program = new Command('sana').description('SANA text-to-image serving').showHelpAfterError();
+const program = new Command('sana').description('SANA text-to-image serving').showHelpAfterError('(add --help for usage)');
 program.exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2)); // usage errors exit 2
 
 const checkpoint = program.command('checkpoint').description('checkpoint tools');
@@ -45,5 +45,5 @@ try {
   const usage = e instanceof InvalidArgumentError || e instanceof ConfigError || e instanceof CheckpointError;
   console.error(`sana: ${(e as Error).message}`);
   if (!usage && process.env.SANA_DEBUG) console.error((e as Error).stack);
-  process.exit(usage ? 2 : 1);
+  process.exit(usage ? 2 : e instanceof CancelledError ? 130 : 1);
 }

@@ -15,6 +15,7 @@ import { addDecoderService, warmUpDecoder } from '../decoder/server.ts';
 import { LocalDecoder } from '../decoder/stage.ts';
 import { addDenoiserService, warmUpDenoiser } from '../denoiser/server.ts';
 import { LocalDenoiser } from '../denoiser/stage.ts';
+import { checkModelDir } from '../gateway/pipeline.ts';
 import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
 import { addGenerationService, connectInBackground } from '../gateway/server.ts';
 import { addTextEncoderService, warmUpTextEncoder } from '../text-encoder/server.ts';
@@ -127,6 +128,7 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       let stageAddresses = config.stages;
       let stagesReady: Promise<unknown> = Promise.resolve();
       if (config.role === 'all') {
+        checkModelDir(config.model ?? ''); // names the missing component folders before anything starts
         // the three stages on loopback ports of this process; the gateway reaches them over gRPC like any other
         const started = await Promise.all(
           (['text-encoder', 'denoiser', 'decoder'] as const).map((role) => startStage(role, config, '127.0.0.1', 0, shared, limits)),
@@ -214,7 +216,9 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
   const lines = [`sana serve ${config.role}`];
   const row = (key: string, value: unknown) => lines.push(`  ${key.padEnd(16)} ${value}`);
   if (config.model) row('model', path.resolve(config.model) + (defaultModel ? ' (the default: tiny random weights, noise images)' : ''));
-  for (const h of serving.hosts) row(h.options.name, `${h.address} (in flight ≤ ${h.options.admission.maxInFlight}, queue ≤ ${h.options.admission.maxQueue})`);
+  for (const h of serving.hosts) {
+    row(h.options.name, `${h.options.host}:${h.port} (in flight ≤ ${h.options.admission.maxInFlight}, queue ≤ ${h.options.admission.maxQueue})`);
+  }
   if (config.role === 'gateway') {
     row('text-encoder at', config.stages.textEncoder.join(', '));
     row('denoiser at', config.stages.denoiser.join(', '));

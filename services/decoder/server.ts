@@ -8,7 +8,7 @@ import type { StageSlot } from '../common/stage-slot.ts';
 import type { DecoderStage } from '../common/stages.ts';
 import { tensor } from '../common/tensor.ts';
 import { fromProtoFormat, imageChunks, TensorAssembler } from '../common/tensor-chunks.ts';
-import { LIMITS } from '../gateway/pipeline.ts';
+import { LIMITS } from '../common/limits.ts';
 
 export const DECODER_SERVICE = 'sana.v1.Decoder';
 

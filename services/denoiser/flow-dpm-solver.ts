@@ -15,12 +15,13 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError, parseConfig, parsePythonJson, pyFloat, unsupported } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
+import { LIMITS } from '../common/limits.ts';
 import type { TorchGenerator } from '../common/torch-randn.ts';
 
 const fround = Math.fround;
 
 /** The most steps a request may ask for (the CLI and the services share this limit). */
-export const MAX_INFERENCE_STEPS = 1000;
+export const MAX_INFERENCE_STEPS = LIMITS.steps.max;
 
 // ---- scheduler_config.json (keys and defaults as DPMSolverMultistepScheduler.__init__ has them) ----
 export const FlowDpmSolverConfig = z.object({

@@ -8,7 +8,7 @@ import type { StageSlot } from '../common/stage-slot.ts';
 import type { DenoiserInfo, DenoiserStage } from '../common/stages.ts';
 import { tensor } from '../common/tensor.ts';
 import { TensorAssembler, tensorChunks } from '../common/tensor-chunks.ts';
-import { LIMITS } from '../gateway/pipeline.ts';
+import { LIMITS } from '../common/limits.ts';
 
 export const DENOISER_SERVICE = 'sana.v1.Denoiser';
 

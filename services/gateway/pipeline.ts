@@ -8,6 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
+import { FORMATS, LIMITS } from '../common/limits.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type {
   DecodedImage,
@@ -103,22 +104,6 @@ export interface GenerateResult {
   height: number;
   timings: { encodeSeconds: number; denoiseSeconds: number; decodeSeconds: number; totalSeconds: number };
 }
-
-/** Limits of a request, each enforced with an InvalidArgumentError naming the field. */
-export const LIMITS = {
-  promptBytes: 64 * 1024,
-  prompts: 16,
-  numImagesPerPrompt: 16,
-  images: 16,
-  steps: { min: 1, max: 1000 },
-  guidanceScale: { min: 0, max: 100 },
-  side: { min: 32, max: 4096 },
-  maxSequenceLength: { min: 2, max: 1024 },
-  seedExclusive: 2n ** 64n,
-  quality: { min: 1, max: 100 },
-} as const;
-
-export const FORMATS: readonly ImageFormat[] = ['png', 'jpeg', 'webp'];
 
 export interface ResolvedArgs {
   prompts: string[];

@@ -26,7 +26,7 @@ import type {
 } from '../common/stages.ts';
 import type { HostTensor } from '../common/tensor.ts';
 import { ImageAssembler, TensorAssembler, tensorChunks, toProtoFormat } from '../common/tensor-chunks.ts';
-import { LIMITS } from './pipeline.ts';
+import { LIMITS } from '../common/limits.ts';
 
 /** Seconds a GetInfo call may take before the stage counts as unreachable. */
 const INFO_DEADLINE_SECONDS = 5;
@@ -51,11 +51,28 @@ abstract class RemoteStage<C extends grpc.Client, I> {
     return this.cachedInfo !== undefined;
   }
 
+  /**
+   * Runs one call on a replica; when it fails with UNAVAILABLE before any answer arrived (the replica is down
+   * or still loading its model), tries the next replica, each at most once. `answered` marks that a response
+   * arrived, after which the work may not be repeated.
+   */
+  protected async onSomeReplica<T>(attempt: (client: C, answered: () => void) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    for (let tries = 1; ; tries++) {
+      let gotAnswer = false;
+      try {
+        return await attempt(this.pool.pick(), () => (gotAnswer = true));
+      } catch (e) {
+        const unavailable = e instanceof StatusError && e.code === Status.UNAVAILABLE;
+        if (!unavailable || gotAnswer || tries >= this.pool.clients.length || signal?.aborted) throw e;
+      }
+    }
+  }
+
   /** Fetches the stage's info unless known; an unreachable stage is UNAVAILABLE naming its addresses. */
   async connect(): Promise<void> {
     if (this.cachedInfo) return;
     try {
-      this.cachedInfo = await this.fetchInfo(this.pool.pick());
+      this.cachedInfo = await this.onSomeReplica((client) => this.fetchInfo(client));
     } catch (e) {
       throw new StatusError(Status.UNAVAILABLE, `${this.stageName} at ${this.pool.addresses.join(', ')} is not reachable: ${(e as Error).message}`);
     }
@@ -78,27 +95,30 @@ export class RemoteTextEncoder extends RemoteStage<TextEncoderClient, TextEncode
   }
 
   async encode(request: EncodeRequest, ctx: StageContext = {}): Promise<EncodeResult> {
-    const embeds = new TensorAssembler({ field: 'prompt_embeds', type: 'float32', rank: 3, maxBytes: MAX_TENSOR_BYTES });
-    const mask = new TensorAssembler({ field: 'prompt_attention_mask', type: 'int64', rank: 2, maxBytes: MAX_TENSOR_BYTES });
-    const call = this.pool.pick().encode(
-      {
-        prompt: request.prompts,
-        useComplexHumanInstruction: request.useComplexHumanInstruction,
-        complexHumanInstruction: request.complexHumanInstruction ?? [],
-        maxSequenceLength: request.maxSequenceLength,
-      },
-      requestMetadata(ctx.requestId),
-    );
-    await readResponses(
-      call,
-      this.stageName,
-      ({ output }: EncodeResponse) => {
-        if (output?.$case === 'promptEmbeds') embeds.add(output.value);
-        else if (output?.$case === 'promptAttentionMask') mask.add(output.value);
-      },
-      ctx.signal,
-    );
-    return { embeds: embeds.result(), mask: mask.result() };
+    return this.onSomeReplica(async (client, answered) => {
+      const embeds = new TensorAssembler({ field: 'prompt_embeds', type: 'float32', rank: 3, maxBytes: MAX_TENSOR_BYTES });
+      const mask = new TensorAssembler({ field: 'prompt_attention_mask', type: 'int64', rank: 2, maxBytes: MAX_TENSOR_BYTES });
+      const call = client.encode(
+        {
+          prompt: request.prompts,
+          useComplexHumanInstruction: request.useComplexHumanInstruction,
+          complexHumanInstruction: request.complexHumanInstruction ?? [],
+          maxSequenceLength: request.maxSequenceLength,
+        },
+        requestMetadata(ctx.requestId),
+      );
+      await readResponses(
+        call,
+        this.stageName,
+        ({ output }: EncodeResponse) => {
+          answered();
+          if (output?.$case === 'promptEmbeds') embeds.add(output.value);
+          else if (output?.$case === 'promptAttentionMask') mask.add(output.value);
+        },
+        ctx.signal,
+      );
+      return { embeds: embeds.result(), mask: mask.result() };
+    }, ctx.signal);
   }
 }
 
@@ -109,28 +129,31 @@ export class RemoteDenoiser extends RemoteStage<DenoiserClient, DenoiserInfo> im
   }
 
   async denoise(request: StageDenoiseRequest, ctx: DenoiseContext = {}): Promise<HostTensor<Float32Array>> {
-    const previewAssembler = () => new TensorAssembler({ field: 'preview', type: 'float32', rank: 4, maxBytes: MAX_TENSOR_BYTES });
-    let preview = previewAssembler();
-    const latents = new TensorAssembler({ field: 'latents', type: 'float32', rank: 4, maxBytes: MAX_TENSOR_BYTES });
-    const call = this.pool.pick().denoise(requestMetadata(ctx.requestId));
-    const received = readResponses(
-      call,
-      this.stageName,
-      ({ output }: DenoiseResponse) => {
-        if (output?.$case === 'preview') preview.add(output.value);
-        else if (output?.$case === 'latents') latents.add(output.value);
-        else if (output?.$case === 'step') {
-          const s = output.value;
-          const event: StepEvent = { step: s.step, total: s.numInferenceSteps, timestep: s.timestep, seconds: s.seconds };
-          if (preview.complete) event.latents = preview.result();
-          preview = previewAssembler();
-          ctx.onStep?.(event);
-        }
-      },
-      ctx.signal,
-    );
-    await Promise.all([writeRequests(call, denoiseMessages(request, ctx.previewEvery ?? 0), ctx.signal), received]);
-    return latents.result();
+    return this.onSomeReplica(async (client, answered) => {
+      const previewAssembler = () => new TensorAssembler({ field: 'preview', type: 'float32', rank: 4, maxBytes: MAX_TENSOR_BYTES });
+      let preview = previewAssembler();
+      const latents = new TensorAssembler({ field: 'latents', type: 'float32', rank: 4, maxBytes: MAX_TENSOR_BYTES });
+      const call = client.denoise(requestMetadata(ctx.requestId));
+      const received = readResponses(
+        call,
+        this.stageName,
+        ({ output }: DenoiseResponse) => {
+          answered();
+          if (output?.$case === 'preview') preview.add(output.value);
+          else if (output?.$case === 'latents') latents.add(output.value);
+          else if (output?.$case === 'step') {
+            const s = output.value;
+            const event: StepEvent = { step: s.step, total: s.numInferenceSteps, timestep: s.timestep, seconds: s.seconds };
+            if (preview.complete) event.latents = preview.result();
+            preview = previewAssembler();
+            ctx.onStep?.(event);
+          }
+        },
+        ctx.signal,
+      );
+      await Promise.all([writeRequests(call, denoiseMessages(request, ctx.previewEvery ?? 0), ctx.signal), received]);
+      return latents.result();
+    }, ctx.signal);
   }
 }
 
@@ -150,11 +173,13 @@ export class RemoteDecoder extends RemoteStage<DecoderClient, DecoderInfo> imple
   }
 
   async decode(request: StageDecodeRequest, ctx: StageContext = {}): Promise<DecodedImage[]> {
-    const images = new ImageAssembler(MAX_IMAGE_BYTES);
-    const call = this.pool.pick().decode(requestMetadata(ctx.requestId));
-    const received = readResponses(call, this.stageName, (chunk: ImageChunk) => images.add(chunk), ctx.signal);
-    await Promise.all([writeRequests(call, decodeMessages(request), ctx.signal), received]);
-    return images.result();
+    return this.onSomeReplica(async (client, answered) => {
+      const images = new ImageAssembler(MAX_IMAGE_BYTES);
+      const call = client.decode(requestMetadata(ctx.requestId));
+      const received = readResponses(call, this.stageName, (chunk: ImageChunk) => (answered(), images.add(chunk)), ctx.signal);
+      await Promise.all([writeRequests(call, decodeMessages(request), ctx.signal), received]);
+      return images.result();
+    }, ctx.signal);
   }
 }
 

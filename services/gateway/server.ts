@@ -12,7 +12,8 @@ import {
 import type { ServiceHost } from '../common/grpc-server.ts';
 import { Status, StatusError } from '../common/grpc-status.ts';
 import { fromProtoFormat, imageChunks, tensorChunks } from '../common/tensor-chunks.ts';
-import { generate, LIMITS, validateGenerateArgs, type GenerateArgs, type PipelineStages } from './pipeline.ts';
+import { LIMITS } from '../common/limits.ts';
+import { generate, validateGenerateArgs, type GenerateArgs, type PipelineStages } from './pipeline.ts';
 
 export const GENERATION_SERVICE = 'sana.v1.Generation';
 

@@ -6,7 +6,7 @@ import type { ServiceHost } from '../common/grpc-server.ts';
 import { StageSlot } from '../common/stage-slot.ts';
 import type { TextEncoderStage } from '../common/stages.ts';
 import { tensorChunks } from '../common/tensor-chunks.ts';
-import { LIMITS } from '../gateway/pipeline.ts';
+import { LIMITS } from '../common/limits.ts';
 
 export const TEXT_ENCODER_SERVICE = 'sana.v1.TextEncoder';
 

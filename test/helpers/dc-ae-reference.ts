@@ -5,7 +5,7 @@
 // does not cover (batch norm, pixel-shuffle up-sampling, a head up-sampler, other activations and scales).
 import path from 'node:path';
 import { Checkpoint } from '../../services/common/safetensors.ts';
-import { decoderLayout, loadDcAeConfig, type DecoderStage } from '../../services/decoder/dc-ae.ts';
+import { decoderLayout, loadDcAeConfig, type UpStage } from '../../services/decoder/dc-ae.ts';
 
 /** One image [C, H, W] in float64. */
 interface Img {
@@ -151,7 +151,7 @@ export class DcAeReference {
     return shortcut ? add(y, pixelShuffle(repeatInterleave(x, (4 * outC) / x.c))) : y;
   }
 
-  private attention(x: Img, prefix: string, st: DecoderStage): Img {
+  private attention(x: Img, prefix: string, st: UpStage): Img {
     const d = this.config.attention_head_dim;
     const inner = st.heads * d;
     const qkvWeight = new Float32Array(3 * inner * x.c);

@@ -12,7 +12,7 @@ import type { TextTokenizer } from '../../services/text-encoder/tokenizer.ts';
 import { type Golden, maxAbsErr, maxRelErr } from './golden.ts';
 import { FLOAT_LIMIT, groupsByOutput, type ParityResult, type Stage } from './stages.ts';
 
-interface PipelineCall {
+export interface PipelineCall {
   prompts: string[];
   negative_prompt?: string;
   chi_prompt: string;

@@ -47,12 +47,24 @@ function wave(n: number, f: number): Float32Array {
 }
 
 describe('the float64 loop reference used below', () => {
-  test('reproduces the golden vae.sample of tiny-a (linear and quadratic attention stages)', () => {
-    const reference = new DcAeReference(golden.component('vae'));
-    const [, , h, w] = golden.shape('vae.latent');
-    const ours = reference.decode(golden.f32('vae.latent'), h, w);
-    expect(maxRelErr(ours, golden.f32('vae.sample'))).toBeLessThan(1e-5);
-  });
+  // every golden variant's vae groups: tiny-a (RMSNorm, interpolation) and any other the fixtures hold
+  const fixtures = path.join(import.meta.dirname, '..', 'fixtures', 'golden');
+  for (const variant of fs.readdirSync(fixtures).filter((d) => fs.existsSync(path.join(fixtures, d, 'golden.json')))) {
+    const g = new Golden(path.join(fixtures, variant));
+    for (const group of Object.keys(g.json.tensors).filter((t) => /^vae.*\.sample$/.test(t)).map((t) => t.slice(0, -'.sample'.length))) {
+      test(`reproduces the reference's ${variant} ${group}.sample (linear and quadratic attention stages)`, () => {
+        const reference = new DcAeReference(g.component('vae'));
+        const [b, c, h, w] = g.shape(`${group}.latent`);
+        const latent = g.f32(`${group}.latent`);
+        const expected = g.f32(`${group}.sample`);
+        const per = expected.length / b;
+        for (let i = 0; i < b; i++) {
+          const ours = reference.decode(latent.subarray(i * c * h * w, (i + 1) * c * h * w), h, w);
+          expect(maxRelErr(ours, expected.subarray(i * per, (i + 1) * per))).toBeLessThan(1e-5);
+        }
+      });
+    }
+  }
 });
 
 describe('DC-AE decoder options the released checkpoints use', () => {

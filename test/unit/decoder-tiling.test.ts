@@ -68,24 +68,28 @@ describe('blending', () => {
   });
 
   test('seams are the reference linear ramps, vertical first, in place', async () => {
-    // each tile decodes to a constant: its index; 2×2 tiles of a 6×6 latent, tile 4, overlap 2 (s = 1)
+    // each tile decodes to a constant (10, 20, 30, 40 in visiting order); a 4×4 latent, tile 4, overlap 2, s = 1:
+    // tiles at rows/columns 0 and 2, the ones at 2 cut to 2 wide/high by the border
     let next = 0;
     const constantTiles = async (t: HostTensor<Float32Array>) => {
       const [, c, h, w] = t.dims;
       return tensor(new Float32Array(c * h * w).fill(10 * ++next), [1, c, h, w]);
     };
-    const out = await tiledDecode(wave([1, 1, 6, 6], 1), constantTiles, { tileSize: 4, overlap: 2, spatialScale: 1 });
-    const at = (y: number, x: number) => out.data[y * 6 + x];
+    const out = await tiledDecode(wave([1, 1, 4, 4], 1), constantTiles, { tileSize: 4, overlap: 2, spatialScale: 1 });
+    const at = (y: number, x: number) => out.data[y * 4 + x];
     const ramp = (a: number, b: number, k: number, e: number) => f(f(a * f(1 - k / e)) + f(b * f(k / e)));
-    // tiles: 10 at (0,0), 20 at (0,2) [4 wide], 30 at (2,0), 40 at (2,2); tile 2 is 4×4 starting at column 2
-    expect([at(0, 0), at(0, 1)]).toEqual([10, 10]);
-    expect([at(0, 2), at(0, 3)]).toEqual([ramp(10, 20, 0, 2), ramp(10, 20, 1, 2)]);
-    expect([at(2, 0), at(3, 0)]).toEqual([ramp(10, 30, 0, 2), ramp(10, 30, 1, 2)]);
-    // the corner: tile 4 first takes tile 2's (unblended) bottom rows, then tile 3's blended right columns
-    const afterVertical = ramp(20, 40, 1, 2);
-    const tile3Right = ramp(10, 30, 1, 2); // tile 3 row 1 was blended with tile 1 above
-    expect(at(3, 3)).toBe(ramp(tile3Right, afterVertical, 1, 2));
-    expect(at(5, 5)).toBe(40);
+    expect([at(0, 0), at(1, 1)]).toEqual([10, 10]);
+    // tile 20 takes tile 10's last columns across its first two: 10, then the midpoint 15
+    const t20 = [ramp(10, 20, 0, 2), ramp(10, 20, 1, 2)];
+    expect([at(0, 2), at(0, 3)]).toEqual(t20);
+    // tile 30 takes tile 10's last rows
+    const t30 = [ramp(10, 30, 0, 2), ramp(10, 30, 1, 2)];
+    expect([at(2, 0), at(3, 0)]).toEqual(t30);
+    // tile 40: first the (already blended) bottom rows of tile 20, then the (already blended) right columns of tile 30
+    const t40v = (y: number, x: number) => ramp(t20[x], 40, y, 2);
+    const t40 = (y: number, x: number) => ramp(t30[y], t40v(y, x), x, 2);
+    expect([at(2, 2), at(2, 3), at(3, 2), at(3, 3)]).toEqual([t40(0, 0), t40(0, 1), t40(1, 0), t40(1, 1)]);
+    expect(at(3, 3)).toBe(23.75);
   });
 
   test('cancellation stops between tiles', async () => {
@@ -107,35 +111,34 @@ describe('tiled against whole decoding with a DC-AE', () => {
   });
   afterAll(() => decoder?.close());
 
-  test('stays within the measured bound at the seams and elsewhere', async () => {
-    const [h, w] = [10, 14];
-    const z = wave([1, 8, h, w], 0.61);
+  /** mean |x[..., c] − x[..., c−1]| over the columns `at` (or all columns), all rows and channels */
+  function meanJump(t: HostTensor<Float32Array>, at?: (x: number) => boolean): number {
+    const [, c, H, W] = t.dims;
+    let sum = 0;
+    let n = 0;
+    for (let ch = 0; ch < c; ch++)
+      for (let y = 0; y < H; y++)
+        for (let x = 1; x < W; x++) {
+          if (at && !at(x)) continue;
+          sum += Math.abs(t.data[(ch * H + y) * W + x] - t.data[(ch * H + y) * W + x - 1]);
+          n++;
+        }
+    return sum / n;
+  }
+
+  test('blended seams are as smooth as the image; hard tile edges are not', async () => {
+    const z = wave([1, 8, 10, 14], 0.61);
     const whole = await decoder.decode(z);
-    const tiling = { tileSize: 256, overlap: 64, spatialScale: 32 };
-    const tiled = await tiledDecode(z, (t) => decoder.decode(t), tiling);
-    expect(tiled.dims).toEqual(whole.dims);
-    const [, c, H, W] = whole.dims;
-    const stride = tiling.tileSize - tiling.overlap;
-    const inBand = (p: number) => p >= stride && p % stride < tiling.overlap;
-    let scale = 0;
-    let seam = 0;
-    let rest = 0;
-    for (let i = 0; i < whole.data.length; i++) {
-      const y = Math.floor(i / W) % H;
-      const x = i % W;
-      const d = Math.abs(tiled.data[i] - whole.data[i]);
-      scale = Math.max(scale, Math.abs(whole.data[i]));
-      if (inBand(y) || inBand(x)) seam = Math.max(seam, d);
-      else rest = Math.max(rest, d);
-    }
-    expect(c).toBe(3);
-    // Tiles see less context than the whole latent (the linear attention is global), so they differ
-    // everywhere a little; the blend keeps the seams no worse than the rest. Random weights, measured:
-    // seams 0.21, elsewhere 0.24 of max |whole| 2.9 → bound 0.1 relative.
-    expect(seam / scale).toBeLessThan(0.1);
-    expect(rest / scale).toBeLessThan(0.1);
-    // the first tile's top-left, outside every blend band and far from the tile border, matches closely
-    expect(Math.abs(tiled.data[0] - whole.data[0]) / scale).toBeLessThan(0.1);
+    const tileStart = (stride: number) => (x: number) => x % stride === 0;
+    const blended = await tiledDecode(z, (t) => decoder.decode(t), { tileSize: 256, overlap: 64, spatialScale: 32 });
+    const hard = await tiledDecode(z, (t) => decoder.decode(t), { tileSize: 256, overlap: 0, spatialScale: 32 });
+    expect(blended.dims).toEqual(whole.dims);
+    // Tiles see less context than the whole latent (the attention is global), so with random weights the
+    // tiled image differs from the whole one everywhere (mean |Δ| 0.24 of max 3.0 here); what tiling must
+    // not add is an edge. Measured: jump across tile starts 0.10 blended vs 0.08 anywhere; 0.60 with hard edges.
+    const typical = meanJump(whole);
+    expect(meanJump(blended, tileStart(192))).toBeLessThan(1.5 * typical);
+    expect(meanJump(hard, tileStart(256))).toBeGreaterThan(3 * typical);
   });
 
   test('a latent that fits one tile is not tiled', async () => {

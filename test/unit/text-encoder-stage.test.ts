@@ -11,8 +11,8 @@ import { writeRandomCheckpoint } from '../../services/cli/checkpoint.ts';
 import { Gemma2Model } from '../../services/text-encoder/gemma2.ts';
 import { assemblePrompts, chiText } from '../../services/text-encoder/prompt.ts';
 import { LocalTextEncoder } from '../../services/text-encoder/stage.ts';
-import type { TextTokenizer } from '../../services/text-encoder/tokenizer.ts';
 import { Golden, maxAbsErr, maxRelErr } from '../parity/golden.ts';
+import { goldenIdTokenizer, type PipelineCall } from '../parity/pipe.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
 const root = tempDir('te');
@@ -212,25 +212,9 @@ describe('LocalTextEncoder', () => {
 
 describe('the golden pipeline prompt embeddings through the stage', () => {
   const golden = new Golden(path.join(import.meta.dirname, '..', 'fixtures', 'golden', 'tiny-a'));
-  const call = golden.json.calls.pipeline as { chi_prompt: string; chi_token_ids: number[]; prompt_token_ids: Record<string, number[]>; prompts: string[]; max_sequence_length: number };
-  const te = golden.json.configs!.text_encoder as { bos_token_id: number; pad_token_id: number };
+  const call = golden.json.calls.pipeline as PipelineCall;
 
-  /** The golden's token ids for its texts: the instruction, its prompts, and the instruction followed by a prompt. */
-  const goldenIds: TextTokenizer = {
-    prefixIds: [te.bos_token_id],
-    suffixIds: [],
-    padId: te.pad_token_id,
-    truncationSide: 'right',
-    encodeText(text: string) {
-      if (text === '') return [];
-      if (text === call.chi_prompt) return call.chi_token_ids;
-      for (const [p, pids] of Object.entries(call.prompt_token_ids)) {
-        if (text === p) return pids;
-        if (text === call.chi_prompt + p) return [...call.chi_token_ids, ...pids];
-      }
-      throw new Error(`the golden has no ids for ${JSON.stringify(text.slice(0, 40))}`);
-    },
-  };
+  const goldenIds = goldenIdTokenizer(golden, call);
 
   test('pipe.prompt_embeds / pipe.negative_prompt_embeds and their masks', async () => {
     const stage = await LocalTextEncoder.load({ textEncoder: golden.component('text_encoder') }, { tokenizer: goldenIds });

@@ -1,0 +1,19 @@
+// Limits of a generation request, shared by the gateway, the stage servers and the CLI. Each is enforced with
+// an InvalidArgumentError (gRPC INVALID_ARGUMENT) naming the field and the limit.
+import type { ImageFormat } from './stages.ts';
+
+export const LIMITS = {
+  promptBytes: 64 * 1024,
+  prompts: 16,
+  numImagesPerPrompt: 16,
+  images: 16,
+  steps: { min: 1, max: 1000 },
+  guidanceScale: { min: 0, max: 100 },
+  side: { min: 32, max: 4096 },
+  maxSequenceLength: { min: 2, max: 1024 },
+  seedExclusive: 2n ** 64n,
+  quality: { min: 1, max: 100 },
+} as const;
+
+export const FORMATS: readonly ImageFormat[] = ['png', 'jpeg', 'webp'];
+
