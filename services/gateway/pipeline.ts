@@ -54,9 +54,10 @@ export function checkModelDir(modelDir: string): void {
 /** The three stages in this process, from a pipeline checkpoint folder. */
 export async function loadLocalStages(modelDir: string, options: SessionOptions = {}): Promise<LocalStages> {
   checkModelDir(modelDir);
+  // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
   const textEncoder = await LocalTextEncoder.load(modelDir, options);
-  const denoiser = await LocalDenoiser.load(modelDir, options);
-  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), options);
+  const denoiser = await LocalDenoiser.load(modelDir, options).catch(closingOnError([textEncoder]));
+  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), options).catch(closingOnError([textEncoder, denoiser]));
   return {
     textEncoder,
     denoiser,
@@ -64,6 +65,14 @@ export async function loadLocalStages(modelDir: string, options: SessionOptions 
     async close() {
       await Promise.all([textEncoder.close(), denoiser.close(), decoder.close()]);
     },
+  };
+}
+
+/** A catch handler that closes what was already loaded, then rethrows. */
+export function closingOnError(loaded: { close(): Promise<void> }[]): (e: unknown) => Promise<never> {
+  return async (e) => {
+    await Promise.all(loaded.map((stage) => stage.close()));
+    throw e;
   };
 }
 

@@ -6,7 +6,7 @@ import { LocalDecoder } from '../../services/decoder/stage.ts';
 import { LocalDenoiser } from '../../services/denoiser/stage.ts';
 import type { EncodeResult, StepEvent } from '../../services/common/stages.ts';
 import { tensor } from '../../services/common/tensor.ts';
-import { generate } from '../../services/gateway/pipeline.ts';
+import { closingOnError, generate } from '../../services/gateway/pipeline.ts';
 import { LocalTextEncoder } from '../../services/text-encoder/stage.ts';
 import type { TextTokenizer } from '../../services/text-encoder/tokenizer.ts';
 import { type Golden, maxAbsErr, maxRelErr } from './golden.ts';
@@ -60,8 +60,8 @@ export const pipeStage: Stage = {
     const call = (golden.json.calls[group] ?? golden.json.calls.pipeline) as PipelineCall;
     const t = (name: string) => `${group}.${name}`;
     const textEncoder = await LocalTextEncoder.load({ textEncoder: golden.component('text_encoder') }, { tokenizer: goldenIdTokenizer(golden, call) });
-    const denoiser = await LocalDenoiser.load(golden.dir);
-    const decoder = await LocalDecoder.load(golden.component('vae'));
+    const denoiser = await LocalDenoiser.load(golden.dir).catch(closingOnError([textEncoder]));
+    const decoder = await LocalDecoder.load(golden.component('vae')).catch(closingOnError([textEncoder, denoiser]));
     try {
       // record what each stage hands on, in call order: prompt embeddings, then the negative prompt's
       const encoded: EncodeResult[] = [];
