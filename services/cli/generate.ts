@@ -1,5 +1,5 @@
-// `sana generate "prompt" [--model DIR] ... --out FILE`: one text-to-image generation in this process, with a
-// progress bar per stage and per-stage timings.
+// `sana generate "prompt" [--model DIR | --server ADDRESS] ... --out FILE`: one text-to-image generation, in this
+// process or by a running gateway, with a progress bar per stage and per-stage timings.
 import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
@@ -7,7 +7,8 @@ import { type Command, Option } from 'commander';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
-import { checkModelDir, generate, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
+import { generateRemote } from '../gateway/client.ts';
+import { checkModelDir, generate, type GenerateArgs, type GenerateContext, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
 
 /** The embedded default: a tiny random-weight pipeline, written once into the cache folder. */
@@ -29,6 +30,8 @@ interface GenerateOptions {
   chi: boolean;
   out: string;
   threads?: string;
+  server?: string;
+  token?: string;
 }
 
 /** Parses a numeric flag strictly; the pipeline's validation then names the limit. */
@@ -84,20 +87,7 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
   const outDir = path.dirname(path.resolve(opts.out));
   if (!fs.existsSync(outDir)) throw new InvalidArgumentError('out', `folder ${outDir} does not exist`);
 
-  let modelDir = opts.model;
-  if (modelDir) checkModelDir(modelDir);
-  else {
-    console.error(
-      'No --model given: using a tiny random-weight SANA pipeline (generated once into the cache folder). Random weights give noise.\n' +
-        'For real images, point --model at a downloaded SANA diffusers checkpoint folder, e.g. Efficient-Large-Model/Sana_600M_1024px_diffusers.',
-    );
-    modelDir = defaultModelDir();
-  }
-
-  const loadStart = performance.now();
-  const threads = numberFlag('threads', opts.threads);
-  const stages = await loadLocalStages(modelDir, { intraOpThreads: threads });
-  const loadSeconds = (performance.now() - loadStart) / 1000;
+  const { run, loadSeconds } = opts.server ? remoteRunner(opts.server, opts) : await localRunner(opts);
 
   const interactive = Boolean(process.stderr.isTTY);
   const bars = interactive
@@ -115,7 +105,7 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
   const encodeBar = stageBar('encode', 1);
   let result: GenerateResult;
   try {
-    result = await generate(stages, args, {
+    result = await run(args, {
       signal: abort.signal,
       onStage: (stage, seconds) => {
         if (stage === 'encode') encodeBar?.update(1, { note: `${seconds.toFixed(2)} s` });
@@ -132,13 +122,13 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
   } finally {
     process.off('SIGINT', onSigint);
     bars?.stop();
-    await stages.close();
+    await run.close?.();
   }
   const paths = outputPaths(opts.out, result.images.length, format);
   result.images.forEach((img, i) => fs.writeFileSync(paths[i], img.bytes));
   const t = result.timings;
   const rows: [string, number][] = [
-    ['load', loadSeconds],
+    ...(opts.server ? [] : [['load', loadSeconds] as [string, number]]),
     ['encode', t.encodeSeconds],
     ['denoise', t.denoiseSeconds],
     ['decode', t.decodeSeconds],
@@ -149,10 +139,38 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
   for (const p of paths) console.log(`wrote ${p}`);
 }
 
+type Runner = ((args: GenerateArgs, ctx: GenerateContext) => Promise<GenerateResult>) & { close?: () => Promise<void> };
+
+/** Loads the three stages into this process (the default model when none is given). */
+async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSeconds: number }> {
+  let modelDir = opts.model;
+  if (modelDir) checkModelDir(modelDir);
+  else {
+    console.error(
+      'No --model given: using a tiny random-weight SANA pipeline (generated once into the cache folder). Random weights give noise.\n' +
+        'For real images, point --model at a downloaded SANA diffusers checkpoint folder, e.g. Efficient-Large-Model/Sana_600M_1024px_diffusers.',
+    );
+    modelDir = defaultModelDir();
+  }
+  const loadStart = performance.now();
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: numberFlag('threads', opts.threads) });
+  const run: Runner = (args, ctx) => generate(stages, args, ctx);
+  run.close = () => stages.close();
+  return { run, loadSeconds: (performance.now() - loadStart) / 1000 };
+}
+
+/** Calls Generate on a gateway (`sana serve all` or a deployment); the model is the server's. */
+function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; loadSeconds: number } {
+  if (opts.model) throw new InvalidArgumentError('model', 'the server at --server uses its own model; leave out --model');
+  if (opts.threads) throw new InvalidArgumentError('threads', 'the server at --server sets its own threads; leave out --threads');
+  const token = opts.token ?? process.env.SANA_AUTH_TOKEN;
+  return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
+}
+
 export function registerGenerate(program: Command): void {
   program
     .command('generate')
-    .description('generate images from a prompt in this process')
+    .description('generate images from a prompt, in this process or on a gateway (--server)')
     .argument('<prompt>', 'the text prompt')
     .option('--model <dir>', 'SANA pipeline checkpoint folder in the diffusers layout (default: tiny random weights)')
     .option('--negative <text>', 'negative prompt (default "")')
@@ -166,6 +184,8 @@ export function registerGenerate(program: Command): void {
     .option('--no-binning', 'turn off resolution binning (width and height must then be multiples of 32)')
     .option('--no-chi', 'turn off the complex human instruction prefix')
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
+    .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
+    .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
     .requiredOption('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...)')
     .action(runGenerate);
 }

@@ -15,5 +15,8 @@ export const LIMITS = {
   quality: { min: 1, max: 100 },
 } as const;
 
+/** the largest encoded image a client accepts: a 4096² RGBA PNG that did not compress, plus headers */
+export const MAX_IMAGE_BYTES = LIMITS.side.max * LIMITS.side.max * 4 + (1 << 20);
+
 export const FORMATS: readonly ImageFormat[] = ['png', 'jpeg', 'webp'];
 

@@ -26,13 +26,12 @@ import type {
 } from '../common/stages.ts';
 import type { HostTensor } from '../common/tensor.ts';
 import { ImageAssembler, TensorAssembler, tensorChunks, toProtoFormat } from '../common/tensor-chunks.ts';
-import { LIMITS } from '../common/limits.ts';
+import { MAX_IMAGE_BYTES } from '../common/limits.ts';
 
 /** Seconds a GetInfo call may take before the stage counts as unreachable. */
 const INFO_DEADLINE_SECONDS = 5;
 /** Bounds on what a stage may send back (a misbehaving replica cannot make the gateway allocate without limit). */
 const MAX_TENSOR_BYTES = 2 ** 31 - 1;
-const MAX_IMAGE_BYTES = LIMITS.side.max * LIMITS.side.max * 4 + (1 << 20);
 
 /** Stage info fetched once per gateway (every replica of a stage serves the same model). */
 abstract class RemoteStage<C extends grpc.Client, I> {

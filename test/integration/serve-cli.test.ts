@@ -1,8 +1,10 @@
 // `sana serve all` as its own process, configured by flags and environment variables, and a Generate call from
 // this (separate) process: the image comes back, the bearer token from SANA_AUTH_TOKEN is enforced, and SIGTERM
 // drains and exits cleanly.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,9 +18,20 @@ const TOKEN = 'cli-test-token';
 let child: ChildProcess;
 let stderr = '';
 let address = '';
+const root = tempDir('serve-cli');
+const modelDir = path.join(root, 'model');
+
+/** `sana …` as another process; resolves with its exit code and output. */
+async function sana(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [path.join(ROOT, 'services/cli/bin.js'), ...args], { env: { ...process.env, ...env }, timeout: 120_000 });
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    return e as { code: number; stdout: string; stderr: string };
+  }
+}
 
 beforeAll(async () => {
-  const modelDir = tempDir('serve-cli');
   writeRandomCheckpoint('tiny', modelDir);
   child = spawn(process.execPath, [path.join(ROOT, 'services/cli/bin.js'), 'serve', 'all', '--model', modelDir, '--port', '0', '--metrics-port', '0'], {
     env: { ...process.env, SANA_LOG_LEVEL: 'silent', SANA_AUTH_TOKEN: TOKEN, SANA_MAX_IN_FLIGHT: '3' },
@@ -61,6 +74,26 @@ describe('sana serve all (separate process)', () => {
     expect(Buffer.from(image.bytes).subarray(1, 4).toString()).toBe('PNG');
     const summary = outcome.events.at(-1)!.event;
     expect(summary?.$case === 'summary' && summary.value.seed).toBe(5n);
+  });
+
+  it('`sana generate --server` gets the image the in-process `sana generate` makes, byte for byte', async () => {
+    const args = ['generate', 'a lighthouse at dusk', '--seed', '11', '--steps', '3', '--width', '96', '--height', '64'];
+    const denied = await sana([...args, '--server', address, '--out', path.join(root, 'denied.png')], { SANA_AUTH_TOKEN: '' });
+    expect(denied.code).toBe(1);
+    expect(denied.stderr).toMatch(/missing "authorization: Bearer <token>"/);
+
+    const remote = await sana([...args, '--server', address, '--out', path.join(root, 'remote.png')], { SANA_AUTH_TOKEN: TOKEN });
+    expect(remote.code, remote.stderr).toBe(0);
+    expect(remote.stdout).toMatch(/^seed 11, 96×64, 3 steps$/m);
+    expect(remote.stdout).toMatch(/^denoise\s+\d+\.\d+ s$/m);
+    const local = await sana([...args, '--model', modelDir, '--out', path.join(root, 'local.png')]);
+    expect(local.code, local.stderr).toBe(0);
+    expect(fs.readFileSync(path.join(root, 'remote.png')).equals(fs.readFileSync(path.join(root, 'local.png')))).toBe(true);
+
+    // the server validates: a bad field comes back as INVALID_ARGUMENT, exit 2
+    const bad = await sana(['generate', 'x', '--server', address, '--token', TOKEN, '--no-binning', '--width', '4128', '--out', path.join(root, 'bad.png')]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/width: .*4096/);
   });
 
   it('drains and exits 0 on SIGTERM', async () => {
