@@ -59,8 +59,12 @@ export async function run(argv: string[]): Promise<void> {
       delete r.of_peak;
     }
   } else {
-    const base = rows[0];
-    for (const r of rows) r.time_x = Number(((r.median_s as number) / (base.median_s as number)).toFixed(2));
+    // growth against the row before: ×4 tokens should cost about ×4 time (linear attention)
+    rows.forEach((r, i) => {
+      const before = rows[i - 1];
+      r.tokens_x = before ? Number(((r.tokens as number) / (before.tokens as number)).toFixed(2)) : '';
+      r.time_x = before ? Number(((r.median_s as number) / (before.median_s as number)).toFixed(2)) : '';
+    });
   }
   printTable(rows, Boolean(opts.json));
   if (!opts.json) console.log(`peak RSS ${peakRssGiB().toFixed(2)} GiB; runs per row: 1 warm-up + ${opts.repeats} timed`);

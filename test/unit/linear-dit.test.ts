@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import { ConfigError } from '../../services/common/config.ts';
 import { InvalidArgumentError } from '../../services/common/errors.ts';
 import { Checkpoint, CheckpointError, writeSafetensors } from '../../services/common/safetensors.ts';
-import { tensor } from '../../services/common/tensor.ts';
+import { type HostTensor, tensor } from '../../services/common/tensor.ts';
 import { writeRandomCheckpoint } from '../../services/cli/checkpoint.ts';
 import { type DitInputs, LinearDit, loadLinearDitConfig, sincosPosEmbed } from '../../services/denoiser/linear-dit.ts';
 import { maxAbsErr } from '../parity/golden.ts';
@@ -81,6 +81,34 @@ describe('Linear-DiT loading', () => {
     expect(dit.compileCacheHit).toBe(true);
     const out = await dit.forward(inputs(dit.config, 2, 4, 6, 5));
     expect(Array.from(out.data)).toEqual(Array.from(reference));
+    await dit.close();
+  });
+
+  test('a batch too large for one run is run in sample groups with the result of one run', async () => {
+    const dit = await LinearDit.load(path.join(tiny, 'transformer'));
+    /** sample i of every input, alone */
+    const sample = (b: DitInputs, i: number): DitInputs => {
+      const row = <D extends Float32Array | BigInt64Array>(t: HostTensor<D>) => {
+        const per = t.data.length / t.dims[0];
+        return tensor(t.data.slice(i * per, (i + 1) * per) as D, [1, ...t.dims.slice(1)]);
+      };
+      return { hiddenStates: row(b.hiddenStates), encoderHiddenStates: row(b.encoderHiddenStates), encoderAttentionMask: row(b.encoderAttentionMask), timestep: row(b.timestep) };
+    };
+    // 16×16 tokens (patch 1): three samples share one run; each matches its own run closely
+    const small = inputs(dit.config, 3, 16, 16, 5);
+    const together = await dit.forward(small);
+    for (let i = 0; i < 3; i++) {
+      const alone = await dit.forward(sample(small, i));
+      expect(maxAbsErr(together.data.subarray(i * alone.data.length, (i + 1) * alone.data.length), alone.data)).toBeLessThan(1e-5);
+    }
+    // 48×48 tokens: 2304 rows per sample (4096 at most per run), so the batch of 3 runs one sample at a time
+    const large = inputs(dit.config, 3, 48, 48, 5);
+    const split = await dit.forward(large);
+    expect(split.dims).toEqual([3, dit.config.out_channels, 48, 48]);
+    for (let i = 0; i < 3; i++) {
+      const alone = await dit.forward(sample(large, i));
+      expect(Array.from(split.data.subarray(i * alone.data.length, (i + 1) * alone.data.length))).toEqual(Array.from(alone.data));
+    }
     await dit.close();
   });
 
