@@ -426,7 +426,7 @@ export interface DitInputs {
 /**
  * Rows (batch × tokens) one ONNX Runtime run takes at most, as whole samples: MLAS's GEMM streams its left operand
  * once per column panel, and beyond about 4096 rows of 1152 channels that operand no longer stays in cache.
- * Measured on this 2-core machine (sana-600m, 2048 px, batch 2): 38.8 s as one run, 35.4 s as two; at 1024 px
+ * Measured on this 2-core machine (sana-600m, 2048 px, batch 2): 38.8 s as one run, 35.6 s as two; at 1024 px
  * batch 2 (2048 rows) one run is faster (8.3 s vs 8.5 s).
  */
 const MAX_ROWS_PER_RUN = 4096;

@@ -34,7 +34,6 @@ const STAGE_NAMES: Partial<Record<Stage, 'encode' | 'denoise' | 'decode'>> = { [
 export interface RemoteOptions {
   /** sent as `authorization: Bearer <token>` */
   token?: string;
-  deadlineSeconds?: number;
 }
 
 /**
@@ -48,7 +47,7 @@ export async function generateRemote(address: string, args: GenerateArgs, ctx: P
   const images = new ImageAssembler(MAX_IMAGE_BYTES);
   let summary: GenerateSummary | undefined;
   try {
-    const call = client.generate(toGenerateRequest(args), metadata, options.deadlineSeconds ? { deadline: Date.now() + options.deadlineSeconds * 1000 } : {});
+    const call = client.generate(toGenerateRequest(args), metadata);
     await readResponses(
       call,
       'gateway',
