@@ -19,6 +19,13 @@ function metric<M extends Metric>(registry: Registry, name: string, make: () => 
   return (registry.getSingleMetric(name) as M | undefined) ?? make();
 }
 
+/** Running totals of a text encoder's embedding cache. */
+export interface EmbeddingCacheStats {
+  hits: number;
+  misses: number;
+  bytes: number;
+}
+
 export type PipelineStageName = 'encode' | 'denoise' | 'decode';
 
 /** The metrics of one service, labelled with its name. */
@@ -35,6 +42,9 @@ export class ServiceMetrics {
   readonly denoiserSteps: Counter<'service'>;
   readonly gatewayStageSeconds: Histogram<'service' | 'stage'>;
   readonly images: Counter<'service' | 'format'>;
+  readonly embeddingCacheLookups: Counter<'service' | 'result'>;
+  readonly embeddingCacheBytes: Gauge<'service'>;
+  private cacheSeen = { hits: 0, misses: 0 };
 
   constructor(
     readonly registry: Registry,
@@ -117,8 +127,29 @@ export class ServiceMetrics {
       labelNames: ['service', 'format'],
       registers,
     }));
+    this.embeddingCacheLookups = metric(registry, 'sana_embedding_cache_lookups_total', () => new Counter({
+      name: 'sana_embedding_cache_lookups_total',
+      help: "text embedding cache lookups, by result (hit: the prompt's embedding was reused)",
+      labelNames: ['service', 'result'],
+      registers,
+    }));
+    this.embeddingCacheBytes = metric(registry, 'sana_embedding_cache_bytes', () => new Gauge({
+      name: 'sana_embedding_cache_bytes',
+      help: 'bytes of embeddings the text encoder cache holds',
+      labelNames: ['service'],
+      registers,
+    }));
     this.ready.set({ service }, 0);
     this.queueDepth.set({ service }, 0);
+  }
+
+  /** Brings the cache metrics up to the stage's running totals. */
+  recordEmbeddingCache(stats: EmbeddingCacheStats): void {
+    const { service } = this;
+    this.embeddingCacheLookups.inc({ service, result: 'hit' }, stats.hits - this.cacheSeen.hits);
+    this.embeddingCacheLookups.inc({ service, result: 'miss' }, stats.misses - this.cacheSeen.misses);
+    this.embeddingCacheBytes.set({ service }, stats.bytes);
+    this.cacheSeen = { hits: stats.hits, misses: stats.misses };
   }
 }
 

@@ -1,6 +1,7 @@
 // The three pipeline stages as plain async interfaces. The in-process pipeline implements them with local
 // models; the gateway implements them with gRPC clients. One orchestration (services/gateway/pipeline.ts)
 // drives either, so every process layout computes the same image.
+import type { EmbeddingCacheStats } from './metrics.ts';
 import type { HostTensor } from './tensor.ts';
 
 /** Cancellation and per-request context shared by every stage call. */
@@ -35,6 +36,8 @@ export interface TextEncoderInfo {
 export interface TextEncoderStage {
   info(): TextEncoderInfo;
   encode(request: EncodeRequest, ctx?: StageContext): Promise<EncodeResult>;
+  /** running totals of its embedding cache, where it has one */
+  cacheStats?(): EmbeddingCacheStats;
 }
 
 // ---- denoiser ----

@@ -40,6 +40,8 @@ export function addTextEncoderService(host: ServiceHost, slot: StageSlot<TextEnc
           },
           { signal: scope.signal, requestId: scope.requestId },
         );
+        const cache = stage.cacheStats?.();
+        if (cache) host.metrics.recordEmbeddingCache(cache);
         for (const value of tensorChunks(embeds)) await out.write({ output: { $case: 'promptEmbeds', value } });
         for (const value of tensorChunks(mask)) await out.write({ output: { $case: 'promptAttentionMask', value } });
       },

@@ -130,6 +130,19 @@ describe('sana serve all', () => {
     expect([...services].sort()).toEqual(['decoder', 'denoiser', 'gateway', 'text-encoder']);
   });
 
+  it('reuses the embedding of a repeated prompt, and the metrics say so', async () => {
+    const lookups = (result: string) => metricValue('sana_embedding_cache_lookups_total', { service: 'text-encoder', result });
+    const request: Partial<GenerateRequest> = { prompt: ['a prompt asked twice'], seed: 3n, numInferenceSteps: 1 };
+    const misses = await lookups('miss');
+    expect((await callGenerate(gateway(), request)).code).toBe(grpc.status.OK);
+    expect(await lookups('miss')).toBe(misses + 1); // the new prompt; the empty negative prompt was cached before
+    const hits = await lookups('hit');
+    expect((await callGenerate(gateway(), request)).code).toBe(grpc.status.OK);
+    expect(await lookups('miss')).toBe(misses + 1);
+    expect(await lookups('hit')).toBe(hits + 2); // prompt and negative prompt
+    expect(await metricValue('sana_embedding_cache_bytes', { service: 'text-encoder' })).toBeGreaterThan(0);
+  });
+
   it('delivers JPEG and several images per prompt, in order, as the in-process pipeline does', async () => {
     const served = await callGenerate(gateway(), { prompt: ['a', 'b'], seed: 7n, numInferenceSteps: 2, numImagesPerPrompt: 2, format: ImageFormat.IMAGE_FORMAT_JPEG, quality: 80 });
     expect(served.code, served.details).toBe(grpc.status.OK);
