@@ -5,6 +5,7 @@
 // equal the reference's for the same float input.
 import sharp from 'sharp';
 import type { ImageFormat } from '../common/stages.ts';
+import { resizeBackGeometry } from '../gateway/resolution-bins.ts';
 
 const f = Math.fround;
 
@@ -44,18 +45,14 @@ export function toUint8(image: PlanarImage): Uint8Array {
 }
 
 /**
- * PixArtImageProcessor.resize_and_crop_tensor for one image: scale by max(newH/H, newW/W) with PyTorch's
- * bilinear interpolation (align_corners=False, no antialias) to (int(H·ratio), int(W·ratio)), then centre-crop
- * to newH×newW. Unchanged when the size already matches.
+ * PixArtImageProcessor.resize_and_crop_tensor for one image: PyTorch's bilinear interpolation (align_corners=False,
+ * no antialias) to the size resizeBackGeometry gives, then its centre crop to newH×newW. Unchanged when the size
+ * already matches.
  */
 export function resizeAndCrop(image: PlanarImage, newWidth: number, newHeight: number): PlanarImage {
   const { data, channels, height, width } = image;
-  if (height === newHeight && width === newWidth) return image;
-  const ratio = Math.max(newHeight / height, newWidth / width);
-  const rh = Math.trunc(height * ratio);
-  const rw = Math.trunc(width * ratio);
-  const top = Math.floor((rh - newHeight) / 2);
-  const left = Math.floor((rw - newWidth) / 2);
+  const { needsResize, resizedHeight: rh, resizedWidth: rw, top, left } = resizeBackGeometry(height, width, newHeight, newWidth);
+  if (!needsResize) return image;
   const rows = linearTaps(height, rh, top, newHeight);
   const cols = linearTaps(width, rw, left, newWidth);
   const out = new Float32Array(channels * newHeight * newWidth);

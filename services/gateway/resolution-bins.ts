@@ -118,9 +118,6 @@ export interface ResizeBackGeometry {
   needsResize: boolean;
 }
 
-/** The resampling the reference uses for the resize (torch F.interpolate). */
-export const RESIZE_BACK_RESAMPLING = Object.freeze({ mode: 'bilinear', alignCorners: false, antialias: false } as const);
-
 /**
  * resize_and_crop_tensor's geometry: scale by max(target/decoded) over both axes (sizes truncated to
  * integers), then a centre crop with the offset rounded down.
@@ -150,10 +147,4 @@ export function resizeBackGeometry(decodedHeight: number, decodedWidth: number, 
     width: targetWidth,
     needsResize: true,
   };
-}
-
-/** Binning for one request: the size to generate at, and how to bring the decoded image back. */
-export function planResolution(height: number, width: number, sampleSize: number): { generateHeight: number; generateWidth: number; resizeBack: ResizeBackGeometry } {
-  const bin = classifyHeightWidthBin(height, width, binForSampleSize(sampleSize));
-  return { generateHeight: bin.height, generateWidth: bin.width, resizeBack: resizeBackGeometry(bin.height, bin.width, height, width) };
 }

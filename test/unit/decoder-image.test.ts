@@ -51,6 +51,15 @@ describe('resize and crop back to the requested size (resolution binning)', () =
     expect([out.height, out.width]).toEqual([2, 3]);
     expect(Array.from(out.data.subarray(0, 3))).toEqual([0.5, 2.5, 4.5]);
   });
+
+  test("keeps the requested width where the reference's truncation falls one pixel short (736 → 104 columns)", () => {
+    // 352×736 bin back to 48×104: the width sets the scale, 736·(104/736) truncates to 103 in the reference
+    const ramp = plane(Array.from({ length: 352 * 736 }, (_, i) => i % 736), 352, 736);
+    const out = resizeAndCrop(ramp, 104, 48);
+    expect([out.height, out.width]).toEqual([48, 104]);
+    // a straight 736 → 104 bilinear resize of the columns, align_corners=False: column x samples (x + 0.5)·736/104 − 0.5
+    for (const x of [1, 50, 102]) expect(out.data[x]).toBeCloseTo((x + 0.5) * (736 / 104) - 0.5, 3);
+  });
 });
 
 describe('image files', () => {

@@ -13,7 +13,6 @@ import {
   type AspectRatioBins,
   binForSampleSize,
   classifyHeightWidthBin,
-  planResolution,
   resizeBackGeometry,
 } from '../../services/gateway/resolution-bins.ts';
 
@@ -103,19 +102,20 @@ describe('classifyHeightWidthBin and the resize-back geometry match the referenc
   });
 });
 
-describe('planResolution and validation', () => {
-  it('plans a 1920x1080 request on a 1024 px model: generate at the nearest bin, crop back', () => {
-    const plan = planResolution(1080, 1920, 32);
-    expect([plan.generateHeight, plan.generateWidth]).toEqual([768, 1344]);
-    expect(plan.resizeBack).toMatchObject({ needsResize: true, height: 1080, width: 1920 });
-    expect(plan.resizeBack.resizedWidth).toBeGreaterThanOrEqual(1920);
-    expect(plan.resizeBack.resizedHeight).toBeGreaterThanOrEqual(1080);
+describe('a 1920x1080 request and validation', () => {
+  it('on a 1024 px model: generate at the nearest bin, crop back', () => {
+    const bin = classifyHeightWidthBin(1080, 1920, binForSampleSize(32));
+    expect([bin.height, bin.width]).toEqual([768, 1344]);
+    const back = resizeBackGeometry(bin.height, bin.width, 1080, 1920);
+    expect(back).toMatchObject({ needsResize: true, height: 1080, width: 1920 });
+    expect(back.resizedWidth).toBeGreaterThanOrEqual(1920);
+    expect(back.resizedHeight).toBeGreaterThanOrEqual(1080);
   });
 
   it('refuses non-positive or fractional sizes, naming the field', () => {
     expect(() => classifyHeightWidthBin(0, 512, ASPECT_RATIO_512_BIN)).toThrow(/height/);
     expect(() => classifyHeightWidthBin(512, 12.5, ASPECT_RATIO_512_BIN)).toThrow(/width/);
     expect(() => resizeBackGeometry(512, 512, -1, 512)).toThrow(InvalidArgumentError);
-    expect(() => planResolution(512, Number.NaN, 16)).toThrow(InvalidArgumentError);
+    expect(() => classifyHeightWidthBin(512, Number.NaN, binForSampleSize(16))).toThrow(InvalidArgumentError);
   });
 });
