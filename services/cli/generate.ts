@@ -8,7 +8,7 @@ import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
 import { generateRemote } from '../gateway/client.ts';
-import { checkModelDir, generate, type GenerateArgs, type GenerateContext, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
+import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
 
 /** The embedded default: a tiny random-weight pipeline, written once into the cache folder. */
@@ -44,6 +44,12 @@ function numberFlag(field: string, value: string | undefined): number | undefine
   return n;
 }
 
+function threadsFlag(value: string | undefined): number | undefined {
+  const n = numberFlag('threads', value);
+  if (n !== undefined && (!Number.isSafeInteger(n) || n < 1)) throw new InvalidArgumentError('threads', `must be a positive integer, got "${value}"`);
+  return n;
+}
+
 function seedFlag(value: string | undefined): bigint | undefined {
   if (value === undefined) return undefined;
   if (!/^\d+$/.test(value.trim())) throw new InvalidArgumentError('seed', `must be an integer in [0, 2^64), got "${value}"`);
@@ -68,13 +74,12 @@ function formatFromPath(out: string): ImageFormat | undefined {
 
 async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void> {
   const format = opts.format ?? formatFromPath(opts.out) ?? 'png';
-  const steps = numberFlag('num_inference_steps', opts.steps);
   const args = {
     prompt,
     negativePrompt: opts.negative,
     width: numberFlag('width', opts.width),
     height: numberFlag('height', opts.height),
-    numInferenceSteps: steps,
+    numInferenceSteps: numberFlag('num_inference_steps', opts.steps),
     guidanceScale: numberFlag('guidance_scale', opts.guidance),
     seed: seedFlag(opts.seed),
     numImagesPerPrompt: numberFlag('num_images_per_prompt', opts.numImages),
@@ -83,7 +88,7 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
     format,
   };
   // reject bad arguments before spending seconds on loading models (the size default needs the model: any valid one here)
-  validateGenerateArgs(args, LIMITS.side.min);
+  const { numInferenceSteps } = validateGenerateArgs(args, LIMITS.side.min);
   const outDir = path.dirname(path.resolve(opts.out));
   if (!fs.existsSync(outDir)) throw new InvalidArgumentError('out', `folder ${outDir} does not exist`);
 
@@ -134,7 +139,7 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
     ['decode', t.decodeSeconds],
     ['total', loadSeconds + t.totalSeconds],
   ];
-  console.log(`seed ${result.seed}, ${result.width}×${result.height}, ${steps ?? 20} steps`);
+  console.log(`seed ${result.seed}, ${result.width}×${result.height}, ${numInferenceSteps} steps`);
   for (const [stage, seconds] of rows) console.log(`${stage.padEnd(8)} ${seconds.toFixed(2).padStart(8)} s`);
   for (const p of paths) console.log(`wrote ${p}`);
 }
@@ -144,8 +149,7 @@ type Runner = ((args: GenerateArgs, ctx: GenerateContext) => Promise<GenerateRes
 /** Loads the three stages into this process (the default model when none is given). */
 async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSeconds: number }> {
   let modelDir = opts.model;
-  if (modelDir) checkModelDir(modelDir);
-  else {
+  if (!modelDir) {
     console.error(
       'No --model given: using a tiny random-weight SANA pipeline (generated once into the cache folder). Random weights give noise.\n' +
         'For real images, point --model at a downloaded SANA diffusers checkpoint folder, e.g. Efficient-Large-Model/Sana_600M_1024px_diffusers.',
@@ -153,7 +157,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
     modelDir = defaultModelDir();
   }
   const loadStart = performance.now();
-  const stages = await loadLocalStages(modelDir, { intraOpThreads: numberFlag('threads', opts.threads) });
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads) });
   const run: Runner = (args, ctx) => generate(stages, args, ctx);
   run.close = () => stages.close();
   return { run, loadSeconds: (performance.now() - loadStart) / 1000 };

@@ -1,5 +1,6 @@
 // The `sana` command.
-import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
+import { nonNegativeInt, positiveInt } from './args.ts';
 import { ConfigError } from '../common/config.ts';
 import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
 import { CheckpointError } from '../common/safetensors.ts';
@@ -7,12 +8,6 @@ import { writeRandomCheckpoint } from './checkpoint.ts';
 import { registerGenerate } from './generate.ts';
 import { PRESETS } from './presets.ts';
 import { registerServe } from './serve.ts';
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new CommanderArgumentError(`expected a positive integer, got "${value}"`);
-  return n;
-}
 
 const program = new Command('sana').description('SANA text-to-image serving').showHelpAfterError('(add --help for usage)');
 program.exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2)); // usage errors exit 2
@@ -25,7 +20,7 @@ checkpoint
   .requiredOption('--out <dir>', 'output folder')
   .addOption(new Option('--dtype <dtype>', 'stored dtype').choices(['F32', 'F16', 'BF16']).default('F32'))
   .option('--shard-mb <n>', 'shard weights into files of at most n MiB', positiveInt)
-  .option('--seed <n>', 'weight seed', positiveInt)
+  .option('--seed <n>', 'weight seed (default 0)', nonNegativeInt)
   .action((opts: { preset: string; out: string; dtype: 'F32' | 'F16' | 'BF16'; shardMb?: number; seed?: number }) => {
     const dirs = writeRandomCheckpoint(opts.preset, opts.out, {
       dtype: opts.dtype,

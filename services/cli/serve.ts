@@ -21,6 +21,7 @@ import { addGenerationService, connectInBackground } from '../gateway/server.ts'
 import { addTextEncoderService, warmUpTextEncoder } from '../text-encoder/server.ts';
 import { LocalTextEncoder } from '../text-encoder/stage.ts';
 import { defaultModelDir } from './generate.ts';
+import { nonNegativeInt, positiveInt } from './args.ts';
 
 export const ROLES = ['text-encoder', 'denoiser', 'decoder', 'gateway', 'all'] as const;
 export type Role = (typeof ROLES)[number];
@@ -191,18 +192,6 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
 function port(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new CommanderArgumentError(`expected a port in [0, 65535], got "${value}"`);
-  return n;
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new CommanderArgumentError(`expected a positive integer, got "${value}"`);
-  return n;
-}
-
-function nonNegativeInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 0) throw new CommanderArgumentError(`expected a non-negative integer, got "${value}"`);
   return n;
 }
 

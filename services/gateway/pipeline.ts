@@ -189,6 +189,7 @@ export function validateGenerateArgs(args: GenerateArgs, defaultSide: number): R
   if (chi !== undefined && chi !== false && (!Array.isArray(chi) || chi.some((l) => typeof l !== 'string'))) {
     throw new InvalidArgumentError('complex_human_instruction', 'must be a list of strings or false');
   }
+  if (Array.isArray(chi)) checkText('complex_human_instruction', chi.join('\n'));
   return {
     prompts,
     negativePrompt,
@@ -239,6 +240,11 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
   // resolution binning: compute at the nearest trained aspect ratio, deliver the requested size
   let { height, width } = a;
   if (a.useResolutionBinning) ({ height, width } = classifyHeightWidthBin(height, width, binForSampleSize(denoiserInfo.sampleSize)));
+  const n = a.numImagesPerPrompt;
+  const latentShape = [a.prompts.length * n, denoiserInfo.inChannels, Math.floor(height / decoderInfo.spatialScale), Math.floor(width / decoderInfo.spatialScale)];
+  if (args.latents && args.latents.dims.join() !== latentShape.join()) {
+    throw new InvalidArgumentError('latents', `shape [${args.latents.dims}] must be [${latentShape}]`);
+  }
   const stageCtx = { signal: ctx.signal, requestId: ctx.requestId };
 
   // 1. text encoding (the negative prompt only when guidance is on; no CHI for it)
@@ -262,12 +268,6 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
   ctx.onStage?.('encode', encodeSeconds);
 
   // 2. initial noise exactly as torch.randn on a CPU generator seeded with `seed`
-  const n = a.numImagesPerPrompt;
-  const batch = a.prompts.length * n;
-  const latentShape = [batch, denoiserInfo.inChannels, Math.floor(height / decoderInfo.spatialScale), Math.floor(width / decoderInfo.spatialScale)];
-  if (args.latents && args.latents.dims.join() !== latentShape.join()) {
-    throw new InvalidArgumentError('latents', `shape [${args.latents.dims}] must be [${latentShape}]`);
-  }
   const latents = args.latents ?? tensor(torchRandn(latentShape, a.seed), latentShape);
 
   // 3. denoising

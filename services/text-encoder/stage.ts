@@ -7,7 +7,7 @@ import type { EncodeRequest, EncodeResult, StageContext, TextEncoderInfo, TextEn
 import { tensor } from '../common/tensor.ts';
 import { type CachedEmbedding, cacheKey, EmbeddingCache } from './cache.ts';
 import { Gemma2Model } from './gemma2.ts';
-import { assembleFromIds, chiText, preprocessPrompt, textRoom } from './prompt.ts';
+import { assembleFromIds, chiBudget, chiText, preprocessPrompt, textRoom } from './prompt.ts';
 import { HfTokenizer, type TextTokenizer } from './tokenizer.ts';
 
 export interface TextEncoderComponents {
@@ -125,6 +125,12 @@ export class LocalTextEncoder implements TextEncoderStage {
     this.validate(request);
     const msl = request.maxSequenceLength;
     const chi = request.useComplexHumanInstruction ? chiText(request.complexHumanInstruction) : null;
+    // the instruction sets the sequence length (prompts are truncated to what it leaves): bound it by the model's
+    const limit = this.model.config.max_position_embeddings;
+    const tokens = chi === null ? msl : chiBudget(this.chiLength(chi), msl);
+    if (tokens > limit) {
+      throw new InvalidArgumentError('complex_human_instruction', `with max_sequence_length ${msl} needs ${tokens} tokens; the text encoder takes at most ${limit}`);
+    }
     const texts = request.prompts.map((p, i) => preprocessPrompt(p, `prompts[${i}]`));
     const keys = texts.map((prompt) => cacheKey({ prompt, chi, maxSequenceLength: msl }));
 

@@ -51,6 +51,7 @@ describe('sana generate', () => {
     [['--guidance', 'nan'], /guidance_scale: must be a finite number/],
     [['--format', 'gif'], /argument 'gif' is invalid/],
     [['--model', '/no/such/folder'], /model: no such folder/],
+    [['--threads', '2.5'], /threads: must be a positive integer, got "2.5"/],
   ])('%j exits 2 with a clear message and no stack trace', async (args, message) => {
     const r = await sana('generate', 'x', ...args, '--out', path.join(root, 'bad.png'));
     expect(r.code).toBe(2);

@@ -192,6 +192,8 @@ describe('LocalTextEncoder', () => {
       [{ maxSequenceLength: 9000 }, /^max_sequence_length/],
       [{ complexHumanInstruction: 'Describe' }, /^complex_human_instruction: must be a list of strings/],
       [{ complexHumanInstruction: ['a\udc00'] }, /^complex_human_instruction\[0\]: holds a lone UTF-16 surrogate/],
+      // the instruction is not truncated: a longer one than the model's positions is refused, not run
+      [{ complexHumanInstruction: ['cat '.repeat(9000)] }, /^complex_human_instruction: with max_sequence_length 10 needs \d{4,} tokens; the text encoder takes at most 8192$/],
     ];
     for (const [patch, message] of cases) {
       const error = await stage.encode({ ...ok, ...patch } as never).catch((e) => e);
