@@ -76,7 +76,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
   const modelDir = config.model;
   const service = new ServiceHost({ name: role, host, port, registry: shared.registry, logger: shared.logger?.child({ service: role }), admission, shutdownGraceSeconds: config.shutdownGraceSeconds });
   const session: SessionOptions = config.threads ? { intraOpThreads: config.threads } : {};
-  let model: Closable | undefined;
+  let loading: Promise<Closable> | undefined;
   const serve = async <S extends object>(
     what: string,
     add: (host: ServiceHost, slot: StageSlot<S>) => void,
@@ -86,9 +86,9 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
     const slot = new StageSlot<S>(what);
     add(service, slot);
     await service.listen();
-    const ready: Promise<unknown> = bringUp(service, slot, async () => {
-      const stage = await load();
-      model = stage as Closable;
+    const ready: Promise<unknown> = bringUp(service, slot, () => {
+      const stage = load();
+      loading = stage as Promise<Closable>;
       return stage;
     }, warmUp);
     return { ready }; // wrapped: awaiting serve() waits for listen(), not for the model
@@ -99,7 +99,8 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
       : role === 'denoiser'
         ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, session), warmUpDenoiser)
         : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), session), warmUpDecoder);
-  return { service, ready, closeModel: async () => model?.close?.() };
+  // closing while the model still loads waits for it, so its ONNX Runtime workers do not outlive the service
+  return { service, ready, closeModel: async () => (await loading?.catch(() => undefined))?.close?.() };
 }
 
 interface Shared {
@@ -131,13 +132,15 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       if (config.role === 'all') {
         checkModelDir(config.model ?? ''); // names the missing component folders before anything starts
         // the three stages on loopback ports of this process; the gateway reaches them over gRPC like any other
-        const started = await Promise.all(
-          (['text-encoder', 'denoiser', 'decoder'] as const).map((role) => startStage(role, config, '127.0.0.1', 0, shared, limits)),
-        );
-        for (const s of started) {
-          hosts.push(s.service);
-          closers.push(() => s.service.shutdown(), s.closeModel);
+        const starting = (['text-encoder', 'denoiser', 'decoder'] as const).map((role) => startStage(role, config, '127.0.0.1', 0, shared, limits));
+        // the stages that did start are closed below when another one fails
+        for (const s of await Promise.allSettled(starting)) {
+          if (s.status === 'fulfilled') {
+            hosts.push(s.value.service);
+            closers.push(() => s.value.service.shutdown(), s.value.closeModel);
+          }
         }
+        const started = await Promise.all(starting);
         const [te, dn, dc] = started.map((s) => [s.service.address]);
         stageAddresses = { textEncoder: te, denoiser: dn, decoder: dc };
         stagesReady = Promise.all(started.map((s) => s.ready));
@@ -156,12 +159,21 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       await gateway.listen();
       hosts.unshift(gateway);
       let connecting: { stop(): void; ready: Promise<void> } | undefined;
+      let closing = false;
       ready = stagesReady.then(() => {
+        if (closing) return;
         connecting = connectInBackground(gateway, stages);
         return connecting.ready;
       });
       // the gateway stops first (drains its requests), then the stages it was calling
-      closers.unshift(() => connecting?.stop(), () => gateway.shutdown(), () => stages.close());
+      closers.unshift(
+        () => {
+          closing = true;
+          connecting?.stop();
+        },
+        () => gateway.shutdown(),
+        () => stages.close(),
+      );
       address = gateway.address;
     } else {
       const s = await startStage(config.role, config, config.host, config.port, shared, limits);

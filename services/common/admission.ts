@@ -10,11 +10,13 @@ export interface AdmissionLimits {
 
 interface Waiter {
   admit: () => void;
+  refuse: (error: Error) => void;
 }
 
 export class Admission {
   private running = 0;
   private readonly waiting: Waiter[] = [];
+  private closedReason: string | undefined;
 
   constructor(
     readonly limits: AdmissionLimits,
@@ -35,6 +37,7 @@ export class Admission {
   /** Waits for a slot; resolves to the function that frees it. Refuses when full; leaves the queue on abort. */
   async acquire(signal?: AbortSignal): Promise<() => void> {
     if (signal?.aborted) throw new CancelledError('cancelled while waiting for admission');
+    if (this.closedReason) throw new StatusError(Status.UNAVAILABLE, this.closedReason);
     if (this.running < this.limits.maxInFlight) {
       this.running++;
       return this.releaser();
@@ -51,6 +54,10 @@ export class Admission {
           signal?.removeEventListener('abort', onAbort);
           resolve(this.releaser());
         },
+        refuse: (error) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(error);
+        },
       };
       const onAbort = () => {
         const i = this.waiting.indexOf(waiter);
@@ -62,6 +69,17 @@ export class Admission {
       this.waiting.push(waiter);
       this.onQueueChange(this.waiting.length);
     });
+  }
+
+  /**
+   * Admits nothing more: waiting and later requests get UNAVAILABLE (retryable elsewhere) instead of starting
+   * work that a shutdown would cut off; running requests keep their slots.
+   */
+  close(reason: string): void {
+    this.closedReason = reason;
+    const refused = this.waiting.splice(0);
+    this.onQueueChange(0);
+    for (const waiter of refused) waiter.refuse(new StatusError(Status.UNAVAILABLE, reason));
   }
 
   private releaser(): () => void {

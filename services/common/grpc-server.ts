@@ -97,6 +97,7 @@ export class ServiceHost {
   readonly metrics: ServiceMetrics;
   readonly log: Logger;
   readonly admission: Admission;
+  private stopping = false;
   private readonly serviceNames: string[] = [];
   private readonly shutdownController = new AbortController();
   private boundPort = 0;
@@ -139,6 +140,7 @@ export class ServiceHost {
 
   /** Health and the readiness gauge: SERVING once the model is loaded and warmed up. */
   setServing(serving: boolean): void {
+    if (serving && this.stopping) return; // a model that finishes loading during shutdown does not revive it
     const status = serving ? 'SERVING' : 'NOT_SERVING';
     for (const name of ['', ...this.serviceNames]) this.health.setStatus(name, status);
     this.metrics.ready.set({ service: this.options.name }, serving ? 1 : 0);
@@ -147,6 +149,8 @@ export class ServiceHost {
   /** Stops taking calls, lets in-flight calls finish for the grace period, then cancels what is left. */
   async shutdown(): Promise<void> {
     this.setServing(false);
+    this.stopping = true;
+    this.admission.close(`${this.options.name} is shutting down; retry on another replica`);
     const graceMs = (this.options.shutdownGraceSeconds ?? 30) * 1000;
     await new Promise<void>((resolve) => {
       const force = setTimeout(() => {

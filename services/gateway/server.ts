@@ -135,11 +135,13 @@ export function connectInBackground(host: ServiceHost, stages: GatewayStages, re
       if (stopped) return;
       stages.connect().then(
         () => {
+          if (stopped) return; // shut down while this attempt was in flight: stay NOT_SERVING
           host.setServing(true);
           host.log.info('all stages reached; serving');
           resolve();
         },
         (e: Error) => {
+          if (stopped) return;
           if (e.message !== lastError) host.log.warn({ err: e.message }, 'stages not reachable yet; retrying');
           lastError = e.message;
           timer = setTimeout(attempt, retrySeconds * 1000);

@@ -45,4 +45,19 @@ describe('admission', () => {
     release();
     expect(admission.inFlight).toBe(0);
   });
+
+  it('on close refuses the waiting and later requests with UNAVAILABLE; running ones keep their slots', async () => {
+    const admission = new Admission({ maxInFlight: 1, maxQueue: 2 });
+    const release = await admission.acquire();
+    const waiting = [admission.acquire(), admission.acquire()];
+    admission.close('shutting down');
+    for (const w of [...waiting, admission.acquire()]) {
+      const e = await w.catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(StatusError);
+      expect([(e as StatusError).code, (e as StatusError).message]).toEqual([Status.UNAVAILABLE, 'shutting down']);
+    }
+    expect([admission.queued, admission.inFlight]).toEqual([0, 1]);
+    release();
+    expect(admission.inFlight).toBe(0);
+  });
 });
