@@ -177,7 +177,7 @@ function child(argv: string[]): Promise<Record<string, string | number>> {
     let out = '';
     proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
     proc.on('error', reject);
-    proc.on('exit', (code) => {
+    proc.on('close', (code) => {
       const line = out.split('\n').find((l) => l.startsWith(ROW_MARK));
       if (code !== 0 || !line) reject(new Error(`benchmark child ${argv.join(' ')} exited with code ${code}`));
       else resolve(JSON.parse(line.slice(ROW_MARK.length)));

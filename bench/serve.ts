@@ -12,7 +12,7 @@ import { Command } from 'commander';
 import { GenerationClient, type GenerateRequest } from '../services/common/gen/sana/v1/generation.ts';
 import { warmUpDecoder } from '../services/decoder/server.ts';
 import { warmUpDenoiser } from '../services/denoiser/server.ts';
-import { generate, loadLocalStages } from '../services/gateway/pipeline.ts';
+import { generate, loadLocalStages, type LocalStages } from '../services/gateway/pipeline.ts';
 import { warmUpTextEncoder } from '../services/text-encoder/server.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
 import { median, printTable } from './util.ts';
@@ -113,7 +113,7 @@ export async function run(argv: string[]): Promise<void> {
   const maxInFlight = Number(opts.maxInFlight);
   const server = await startServer(modelDir, maxInFlight, Math.max(...levels));
   const client = new GenerationClient(server.gateway, grpc.credentials.createInsecure());
-  const local = await loadLocalStages(modelDir);
+  let local: LocalStages | undefined;
   const levelRequests = (concurrency: number) => (opts.requests ? Number(opts.requests) : Math.max(16, 4 * concurrency));
   const servedRow = (concurrency: number, total: number, wall: number, latencies: number[], before: Split, after: Split) => {
     const gatewaySeconds = (after.gateway - before.gateway - (after.queue - before.queue)) / total;
@@ -134,6 +134,7 @@ export async function run(argv: string[]): Promise<void> {
   };
   let baselineRps = 0;
   try {
+    local = await loadLocalStages(modelDir);
     // warm both: the server's channel and stages, and the in-process stages with the servers' own warm-up
     // requests (they change later timings: a small decode first makes the tiny decoder's later ones faster)
     await generateOnce(client, request(0));
@@ -154,7 +155,6 @@ export async function run(argv: string[]): Promise<void> {
       served.push(await generateOnce(client, request(i)));
     }
     const after = await scrape(server.metrics);
-    await local.close();
     const sum = (v: number[]) => v.reduce((a, b) => a + b, 0);
     baselineRps = total / sum(inProcess);
     rows.push({ layout: 'in-process', concurrency: 1, requests: total, req_per_s: baselineRps, p50_s: median(inProcess), p99_s: quantile(inProcess, 0.99), in_stages_s: '', overhead_ms: '', overhead_pct: '', queue_s: '' });
@@ -174,6 +174,7 @@ export async function run(argv: string[]): Promise<void> {
       rows.push(servedRow(concurrency, total, (performance.now() - started) / 1000, latencies, before, await scrape(server.metrics)));
     }
   } finally {
+    await local?.close();
     client.close();
     server.child.kill('SIGTERM');
   }

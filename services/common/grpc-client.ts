@@ -65,10 +65,8 @@ export function requestMetadata(requestId?: string): grpc.Metadata {
   return metadata;
 }
 
-type ClientCall = grpc.ClientReadableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>;
-
 /** Cancels `call` when `signal` aborts; returns the function that stops watching. */
-export function cancelOnAbort(call: { cancel(): void }, signal?: AbortSignal): () => void {
+function cancelOnAbort(call: { cancel(): void }, signal?: AbortSignal): () => void {
   if (!signal) return () => {};
   const onAbort = () => call.cancel();
   if (signal.aborted) onAbort();
@@ -149,4 +147,3 @@ export function unaryCall<Req, Res>(
   });
 }
 
-export type { ClientCall };

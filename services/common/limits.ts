@@ -1,5 +1,6 @@
 // Limits of a generation request, shared by the gateway, the stage servers and the CLI. Each is enforced with
 // an InvalidArgumentError (gRPC INVALID_ARGUMENT) naming the field and the limit.
+import { InvalidArgumentError } from './errors.ts';
 import type { ImageFormat } from './stages.ts';
 
 export const LIMITS = {
@@ -19,4 +20,12 @@ export const LIMITS = {
 export const MAX_IMAGE_BYTES = LIMITS.side.max * LIMITS.side.max * 4 + (1 << 20);
 
 export const FORMATS: readonly ImageFormat[] = ['png', 'jpeg', 'webp'];
+
+/** `value` when it is an integer in [min, max]; otherwise an InvalidArgumentError naming the field and the range. */
+export function intInRange(field: string, value: number, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new InvalidArgumentError(field, `must be an integer in [${min}, ${max}], got ${value}`);
+  }
+  return value;
+}
 

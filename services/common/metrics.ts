@@ -3,6 +3,7 @@
 // query one set of names in every layout.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { EmbeddingCacheStats } from './stages.ts';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
@@ -18,15 +19,6 @@ export function createRegistry(): Registry {
 function metric<M extends Metric>(registry: Registry, name: string, make: () => M): M {
   return (registry.getSingleMetric(name) as M | undefined) ?? make();
 }
-
-/** Running totals of a text encoder's embedding cache. */
-export interface EmbeddingCacheStats {
-  hits: number;
-  misses: number;
-  bytes: number;
-}
-
-export type PipelineStageName = 'encode' | 'denoise' | 'decode';
 
 /** The metrics of one service, labelled with its name. */
 export class ServiceMetrics {
@@ -172,7 +164,10 @@ export async function startMetricsServer(registry: Registry, host: string, port:
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => resolve());
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   return {
     port: (server.address() as AddressInfo).port,

@@ -1,7 +1,6 @@
 // The three pipeline stages as plain async interfaces. The in-process pipeline implements them with local
 // models; the gateway implements them with gRPC clients. One orchestration (services/gateway/pipeline.ts)
 // drives either, so every process layout computes the same image.
-import type { EmbeddingCacheStats } from './metrics.ts';
 import type { HostTensor } from './tensor.ts';
 
 /** Cancellation and per-request context shared by every stage call. */
@@ -31,6 +30,13 @@ export interface EncodeResult {
 
 export interface TextEncoderInfo {
   hiddenSize: number;
+}
+
+/** Running totals of a text encoder's embedding cache. */
+export interface EmbeddingCacheStats {
+  hits: number;
+  misses: number;
+  bytes: number;
 }
 
 export interface TextEncoderStage {

@@ -33,3 +33,23 @@ export function firstNonFinite(data: Float32Array): number {
   for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return i;
   return -1;
 }
+
+/** Stacks tensors along dim 0 (same trailing dims). */
+export function concatRows<T extends Float32Array | BigInt64Array>(parts: HostTensor<T>[]): HostTensor<T> {
+  const [first] = parts;
+  const rest = first.dims.slice(1);
+  const rows = parts.reduce((n, p) => n + p.dims[0], 0);
+  const data = new (first.data.constructor as { new (n: number): T })(parts.reduce((n, p) => n + p.data.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    (data as Float32Array).set(p.data as Float32Array, offset);
+    offset += p.data.length;
+  }
+  return tensor(data, [rows, ...rest]);
+}
+
+/** Rows [start, end) of a batch-major tensor, as a compact copy (a worker message would clone a view's whole buffer). */
+export function batchRows<D extends Float32Array | BigInt64Array>(t: HostTensor<D>, start: number, end: number): HostTensor<D> {
+  const per = t.data.length / t.dims[0];
+  return tensor(t.data.slice(start * per, end * per) as D, [end - start, ...t.dims.slice(1)]);
+}

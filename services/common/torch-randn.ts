@@ -46,7 +46,6 @@ export class TorchGenerator {
   private left = 1;
   private next = 0;
   private cachedNormal: number | null = null;
-  private seedValue = 0n;
 
   constructor(seed: number | bigint = TORCH_DEFAULT_SEED) {
     this.manualSeed(seed);
@@ -54,9 +53,8 @@ export class TorchGenerator {
 
   /** torch.Generator.manual_seed: reseeds the engine and drops the cached normal. */
   manualSeed(seed: number | bigint): this {
-    this.seedValue = normalizeSeed(seed);
     const state = this.state;
-    state[0] = Number(this.seedValue & 0xffffffffn);
+    state[0] = Number(normalizeSeed(seed) & 0xffffffffn);
     for (let j = 1; j < STATE_SIZE; j++) {
       const prev = state[j - 1];
       state[j] = (Math.imul(1812433253, prev ^ (prev >>> 30)) + j) >>> 0;
@@ -65,11 +63,6 @@ export class TorchGenerator {
     this.next = 0;
     this.cachedNormal = null;
     return this;
-  }
-
-  /** The seed last given (after two's-complement wrapping of negative seeds). */
-  initialSeed(): bigint {
-    return this.seedValue;
   }
 
   /** One 32-bit output of the engine (CPUGeneratorImpl::random). */

@@ -539,7 +539,6 @@ export class DcAeDecoder {
   private constructor(
     readonly config: DcAeConfig,
     readonly session: OrtSession,
-    readonly modelDir: string,
     readonly compileCacheHit: boolean,
   ) {
     this.layout = decoderLayout(config);
@@ -564,7 +563,7 @@ export class DcAeDecoder {
     // ORT's arena keeps its (power-of-two grown) high-water mark: 8.4 GiB after 1024² decodes vs 4.1 GiB without it,
     // but without it every large tensor is a fresh mmap, measured 27% slower here and up to 5× on some runs
     const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), options);
-    return new DcAeDecoder(config, session, modelDir, hit);
+    return new DcAeDecoder(config, session, hit);
   }
 
   get spatialScale(): number {

@@ -12,11 +12,6 @@ import { LIMITS } from '../common/limits.ts';
 
 export const DECODER_SERVICE = 'sana.v1.Decoder';
 
-function validateSize(field: 'width' | 'height', value: number): void {
-  const { min, max } = LIMITS.side;
-  if (value < min || value > max) throw new InvalidArgumentError(field, `must be an integer in [${min}, ${max}], got ${value}`);
-}
-
 export function addDecoderService(host: ServiceHost, slot: StageSlot<DecoderStage>): void {
   const service = host.options.name;
   host.addService(DECODER_SERVICE, DecoderService, {
@@ -37,9 +32,7 @@ export function addDecoderService(host: ServiceHost, slot: StageSlot<DecoderStag
           } else latents.add(input.value);
         });
         if (!settings) throw new InvalidArgumentError('settings', 'is required');
-        validateSize('width', settings.width);
-        validateSize('height', settings.height);
-        if (settings.quality > LIMITS.quality.max) throw new InvalidArgumentError('quality', `must be in [1, ${LIMITS.quality.max}] (0: default), got ${settings.quality}`);
+        // sizes and quality (0: the encoder's default) are the stage's to check
         const format = fromProtoFormat(settings.format);
         const images = await stage.decode(
           { latents: latents.result(), format, width: settings.width, height: settings.height, quality: settings.quality || undefined },

@@ -3,16 +3,14 @@
 //   requested size (resolution binning) ─ uint8 ─ PNG / JPEG / WebP
 // One image at a time, so memory holds one decode (one tile's when tiled) plus the images.
 import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
+import { FORMATS, intInRange, LIMITS } from '../common/limits.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
-import type { DecodedImage, DecodeRequest, DecoderInfo, DecoderStage, ImageFormat, StageContext } from '../common/stages.ts';
+import type { DecodedImage, DecodeRequest, DecoderInfo, DecoderStage, StageContext } from '../common/stages.ts';
 import type { HostTensor } from '../common/tensor.ts';
 import { DcAeDecoder } from './dc-ae.ts';
 import { encodeImage, resizeAndCrop, toUint8 } from './image.ts';
 import { DEFAULT_TILING, needsTiling, tiledDecode, type TilingOptions, validateTiling } from './tiling.ts';
 
-const FORMATS: readonly ImageFormat[] = ['png', 'jpeg', 'webp'];
-/** the largest side every format can store (WebP's limit) */
-export const MAX_IMAGE_SIDE = 16383;
 
 export interface LocalDecoderOptions extends SessionOptions {
   /** tile size and overlap for latents larger than a tile; false decodes every latent whole */
@@ -51,13 +49,8 @@ export class LocalDecoder implements DecoderStage {
   /** Everything a request can get wrong, checked before any compute. */
   private validate(req: DecodeRequest): void {
     if (!FORMATS.includes(req.format)) throw new InvalidArgumentError('format', `must be one of ${FORMATS.join(', ')}, got ${JSON.stringify(req.format)}`);
-    for (const field of ['width', 'height'] as const) {
-      const v = req[field];
-      if (!Number.isSafeInteger(v) || v < 1 || v > MAX_IMAGE_SIDE) throw new InvalidArgumentError(field, `must be an integer in [1, ${MAX_IMAGE_SIDE}], got ${v}`);
-    }
-    if (req.quality !== undefined && (!Number.isSafeInteger(req.quality) || req.quality < 1 || req.quality > 100)) {
-      throw new InvalidArgumentError('quality', `must be an integer in [1, 100], got ${req.quality}`);
-    }
+    for (const field of ['width', 'height'] as const) intInRange(field, req[field], LIMITS.side.min, LIMITS.side.max);
+    if (req.quality !== undefined) intInRange('quality', req.quality, LIMITS.quality.min, LIMITS.quality.max);
     this.model.validate(req.latents, 'latents');
   }
 

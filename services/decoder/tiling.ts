@@ -109,8 +109,6 @@ function cropLatent(z: HostTensor<Float32Array>, b: number, top: number, left: n
 export interface TiledDecodeOptions extends TilingOptions {
   spatialScale: number;
   signal?: AbortSignal;
-  /** called after each decoded tile */
-  onTile?: (done: number, total: number) => void;
 }
 
 /**
@@ -127,8 +125,6 @@ export async function tiledDecode(
   const [batch, , h, w] = z.dims;
   const grid = tileGrid(h, w, options, s);
   const stride = tileSize - overlap; // pixels each tile contributes
-  const total = batch * grid.length;
-  let done = 0;
   let out: Float32Array | undefined;
   let outChannels = 0;
   const H = h * s;
@@ -162,7 +158,6 @@ export async function tiledDecode(
           out.set(tile.data.subarray(from, from + keepW), ((b * channels + c) * H + t.top * s + y) * W + t.left * s);
         }
       }
-      options.onTile?.(++done, total);
     }
   }
   return { type: 'float32', dims: [batch, outChannels, H, W], data: out! };

@@ -2,20 +2,6 @@
 import type { HostTensor } from '../common/tensor.ts';
 import { tensor } from '../common/tensor.ts';
 
-/** Stacks tensors along dim 0 (same trailing dims). */
-export function concatRows<T extends Float32Array | BigInt64Array>(parts: HostTensor<T>[]): HostTensor<T> {
-  const [first] = parts;
-  const rest = first.dims.slice(1);
-  const rows = parts.reduce((n, p) => n + p.dims[0], 0);
-  const data = new (first.data.constructor as { new (n: number): T })(parts.reduce((n, p) => n + p.data.length, 0));
-  let offset = 0;
-  for (const p of parts) {
-    (data as Float32Array).set(p.data as Float32Array, offset);
-    offset += p.data.length;
-  }
-  return tensor(data, [rows, ...rest]);
-}
-
 /**
  * noise_uncond + scale·(noise_text − noise_uncond), from a prediction whose first half of rows is
  * unconditional and second half conditional. Computed in float32 in the reference's order.

@@ -17,7 +17,7 @@ import { InvalidArgumentError } from '../common/errors.ts';
 import { ElemType, float, GraphBuilder } from '../common/onnx-graph.ts';
 import { OrtSession, type SessionOptions } from '../common/ort-session.ts';
 import { Checkpoint, CheckpointError } from '../common/safetensors.ts';
-import { firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
+import { batchRows, concatRows, firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
 
 // ---- config.json of transformer/ (keys as diffusers writes them) ----
 export const LinearDitConfig = z.object({
@@ -431,12 +431,6 @@ export interface DitInputs {
  */
 const MAX_ROWS_PER_RUN = 4096;
 
-/** Rows [start, end) of a batch-major tensor, as a compact copy (a worker message would clone a view's whole buffer). */
-function batchRows<D extends Float32Array | BigInt64Array>(t: HostTensor<D>, start: number, end: number): HostTensor<D> {
-  const per = t.data.length / t.dims[0];
-  return tensor(t.data.slice(start * per, end * per) as D, [end - start, ...t.dims.slice(1)]);
-}
-
 /** A loaded SanaTransformer2DModel: forward() runs it in an ONNX Runtime worker. */
 export class LinearDit {
   private readonly posCache = new Map<string, Float32Array>();
@@ -444,7 +438,6 @@ export class LinearDit {
   private constructor(
     readonly config: LinearDitConfig,
     readonly session: OrtSession,
-    readonly modelDir: string,
     readonly compileCacheHit: boolean,
   ) {}
 
@@ -460,7 +453,7 @@ export class LinearDit {
       },
     );
     const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), options);
-    return new LinearDit(config, session, modelDir, hit);
+    return new LinearDit(config, session, hit);
   }
 
   validate(inputs: DitInputs): void {
@@ -526,13 +519,7 @@ export class LinearDit {
         }),
       );
     }
-    const data = new Float32Array(outputs.reduce((n, o) => n + o.data.length, 0));
-    let offset = 0;
-    for (const o of outputs) {
-      data.set(o.data, offset);
-      offset += o.data.length;
-    }
-    return tensor(data, [batch, ...outputs[0].dims.slice(1)]);
+    return concatRows(outputs);
   }
 
   private async run(inputs: DitInputs): Promise<HostTensor<Float32Array>> {

@@ -4,10 +4,10 @@ import path from 'node:path';
 import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage } from '../common/stages.ts';
-import { firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
+import { concatRows, firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
 import { ConfigError } from '../common/config.ts';
 import { FlowDpmSolver, type FlowDpmSolverSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
-import { applyGuidance, concatRows, firstChannels } from './guidance.ts';
+import { applyGuidance, firstChannels } from './guidance.ts';
 import { LinearDit } from './linear-dit.ts';
 
 export class LocalDenoiser implements DenoiserStage {

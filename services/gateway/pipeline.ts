@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
-import { FORMATS, LIMITS } from '../common/limits.ts';
+import { FORMATS, intInRange, LIMITS } from '../common/limits.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type {
   DecodedImage,
@@ -18,7 +18,7 @@ import type {
   StepEvent,
   TextEncoderStage,
 } from '../common/stages.ts';
-import { type HostTensor, tensor } from '../common/tensor.ts';
+import { concatRows, type HostTensor, tensor } from '../common/tensor.ts';
 import { torchRandn } from '../common/torch-randn.ts';
 import { LocalDecoder } from '../decoder/stage.ts';
 import { LocalDenoiser } from '../denoiser/stage.ts';
@@ -131,13 +131,6 @@ export interface ResolvedArgs {
   quality?: number;
 }
 
-function intInRange(field: string, value: number, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new InvalidArgumentError(field, `must be an integer in [${min}, ${max}], got ${value}`);
-  }
-  return value;
-}
-
 /** Applies SanaPipeline's defaults and checks every limit; `defaultSide` is sample_size × spatial scale. */
 export function validateGenerateArgs(args: GenerateArgs, defaultSide: number): ResolvedArgs {
   const prompts = typeof args.prompt === 'string' ? [args.prompt] : args.prompt;
@@ -225,10 +218,7 @@ export function repeatEachRow<T extends Float32Array | BigInt64Array>(t: HostTen
  * per prompt the masks therefore pair with other prompts' embeddings. We reproduce that so images match it.
  */
 export function repeatWholeBatch<T extends Float32Array | BigInt64Array>(t: HostTensor<T>, n: number): HostTensor<T> {
-  if (n === 1) return t;
-  const out = new (t.data.constructor as { new (len: number): T })(t.data.length * n);
-  for (let k = 0; k < n; k++) (out as Float32Array).set(t.data as Float32Array, k * t.data.length);
-  return tensor(out, [t.dims[0] * n, ...t.dims.slice(1)]);
+  return n === 1 ? t : concatRows(new Array<HostTensor<T>>(n).fill(t));
 }
 
 export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: GenerateContext = {}): Promise<GenerateResult> {

@@ -36,6 +36,7 @@ const MAX_TENSOR_BYTES = 2 ** 31 - 1;
 /** Stage info fetched once per gateway (every replica of a stage serves the same model). */
 abstract class RemoteStage<C extends grpc.Client, I> {
   protected cachedInfo: I | undefined;
+  private connecting: Promise<void> | undefined;
 
   constructor(
     readonly pool: ClientPool<C>,
@@ -67,14 +68,23 @@ abstract class RemoteStage<C extends grpc.Client, I> {
     }
   }
 
-  /** Fetches the stage's info unless known; an unreachable stage is UNAVAILABLE naming its addresses. */
-  async connect(): Promise<void> {
-    if (this.cachedInfo) return;
-    try {
-      this.cachedInfo = await this.onSomeReplica((client) => this.fetchInfo(client));
-    } catch (e) {
-      throw new StatusError(Status.UNAVAILABLE, `${this.stageName} at ${this.pool.addresses.join(', ')} is not reachable: ${(e as Error).message}`);
-    }
+  /**
+   * Fetches the stage's info unless known; an unreachable stage is UNAVAILABLE naming its addresses. Calls
+   * while one is under way share it.
+   */
+  connect(): Promise<void> {
+    if (this.cachedInfo) return Promise.resolve();
+    this.connecting ??= this.onSomeReplica((client) => this.fetchInfo(client)).then(
+      (info) => {
+        this.cachedInfo = info;
+        this.connecting = undefined;
+      },
+      (e: Error) => {
+        this.connecting = undefined;
+        throw new StatusError(Status.UNAVAILABLE, `${this.stageName} at ${this.pool.addresses.join(', ')} is not reachable: ${e.message}`);
+      },
+    );
+    return this.connecting;
   }
 
   info(): I {

@@ -82,11 +82,6 @@ export class EmbeddingCache {
     this.bytes += size;
   }
 
-  clear(): void {
-    this.entries.clear();
-    this.bytes = 0;
-  }
-
   stats(): CacheStats {
     return { hits: this.hits, misses: this.misses, evictions: this.evictions, entries: this.entries.size, bytes: this.bytes, maxBytes: this.maxBytes };
   }

@@ -307,7 +307,6 @@ export class Gemma2Model {
   private constructor(
     readonly config: Gemma2Config,
     readonly session: OrtSession,
-    readonly modelDir: string,
     readonly compileCacheHit: boolean,
   ) {}
 
@@ -329,7 +328,7 @@ export class Gemma2Model {
       },
     );
     const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), options);
-    return new Gemma2Model(config, session, modelDir, hit);
+    return new Gemma2Model(config, session, hit);
   }
 
   validate(inputIds: HostTensor<BigInt64Array>, attentionMask: HostTensor<BigInt64Array>): void {

@@ -90,7 +90,8 @@ export function callGenerate(
   const started = performance.now();
   const events: GenerateResponse[] = [];
   const images = new ImageAssembler(1 << 30);
-  return new Promise((resolve) => {
+  // a malformed image stream fails the call with the reason instead of throwing inside a listener (a hang)
+  return new Promise((resolve, reject) => {
     const call = client.generate(
       { prompt: [], negativePrompt: '', complexHumanInstruction: [], format: 0, previewEvery: 0, ...request },
       options.metadata ?? new grpc.Metadata(),
@@ -99,13 +100,22 @@ export function callGenerate(
     options.onStart?.(call);
     call.on('data', (e: GenerateResponse) => {
       events.push(e);
-      if (e.event?.$case === 'image') images.add(e.event.value);
+      try {
+        if (e.event?.$case === 'image') images.add(e.event.value);
+      } catch (error) {
+        call.cancel();
+        reject(error);
+      }
       options.onEvent?.(e, call);
     });
     call.on('error', () => {}); // the status event below reports it
     call.on('status', (s: grpc.StatusObject) => {
       client.close();
-      resolve({ events, images: s.code === 0 ? images.result() : [], code: s.code, details: s.details, metadata: s.metadata, seconds: (performance.now() - started) / 1000 });
+      try {
+        resolve({ events, images: s.code === 0 ? images.result() : [], code: s.code, details: s.details, metadata: s.metadata, seconds: (performance.now() - started) / 1000 });
+      } catch (error) {
+        reject(error);
+      }
     });
   });
 }

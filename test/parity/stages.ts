@@ -1,5 +1,5 @@
-// The stages the parity suite knows, how each finds its groups in golden.json, and (once the stage is
-// built) how it checks them. A group of a built stage that is not checked fails the suite.
+// The stages the parity suite knows, how each finds its groups in golden.json and how it checks them. A group
+// no stage owns, or one whose check fails or checks nothing, fails the suite.
 import type { Golden } from './golden.ts';
 
 export interface ParityResult {
@@ -13,8 +13,7 @@ export interface Stage {
   name: string;
   /** the groups of this stage present in the golden (group names may contain dots) */
   groups(golden: Golden): string[];
-  /** absent while the stage is not built */
-  check?: (golden: Golden, group: string) => Promise<ParityResult[]>;
+  check(golden: Golden, group: string): Promise<ParityResult[]>;
 }
 
 /** Groups named `<prefix>...` that own a tensor `<group>.<outputSuffix>`. */

@@ -49,9 +49,11 @@ function wave(n: number, f: number): Float32Array {
 describe('the float64 loop reference used below', () => {
   // every golden variant's vae groups: tiny-a (RMSNorm, interpolation) and any other the fixtures hold
   const fixtures = path.join(import.meta.dirname, '..', 'fixtures', 'golden');
+  const checked: string[] = [];
   for (const variant of fs.readdirSync(fixtures).filter((d) => fs.existsSync(path.join(fixtures, d, 'golden.json')))) {
     const g = new Golden(path.join(fixtures, variant));
     for (const group of Object.keys(g.json.tensors).filter((t) => /^vae.*\.sample$/.test(t)).map((t) => t.slice(0, -'.sample'.length))) {
+      checked.push(`${variant}/${group}`);
       test(`reproduces the reference's ${variant} ${group}.sample (linear and quadratic attention stages)`, () => {
         const reference = new DcAeReference(g.component('vae'));
         const [b, c, h, w] = g.shape(`${group}.latent`);
@@ -65,6 +67,9 @@ describe('the float64 loop reference used below', () => {
       });
     }
   }
+  test('finds the vae groups of the fixtures', () => {
+    expect(checked).toEqual(expect.arrayContaining(['tiny-a/vae', 'tiny-vae-dcae-in/vae.a', 'tiny-vae-dcae-in/vae.b']));
+  });
 });
 
 describe('DC-AE decoder options the released checkpoints use', () => {

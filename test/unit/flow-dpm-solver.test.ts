@@ -2,14 +2,15 @@
 // (test/fixtures/scheduler-variants, made by the reference class itself, see make_reference.py there),
 // refusals of unsupported keys, step-count validation, misuse of step(), and independence of instances.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig, parsePythonJson } from '../../services/common/config.ts';
 import { InvalidArgumentError } from '../../services/common/errors.ts';
 import { Checkpoint } from '../../services/common/safetensors.ts';
 import { TorchGenerator } from '../../services/common/torch-randn.ts';
+import { maxRelErr } from '../parity/golden.ts';
+import { tempDir } from '../helpers/tmp.ts';
 import {
   FlowDpmSolver,
   FlowDpmSolverConfig,
@@ -38,23 +39,15 @@ function solverWith(overrides: Record<string, unknown> = {}): FlowDpmSolver {
   return new FlowDpmSolver(resolveSettings('test config', parseConfig('test config', { ...baseConfig, ...overrides }, FlowDpmSolverConfig)));
 }
 
-function maxRelErr(ours: Float32Array, ref: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const d = Math.abs(ours[i] - ref[i]);
-    diff = Number.isNaN(d) ? Infinity : Math.max(diff, d);
-    scale = Math.max(scale, Math.abs(ref[i]));
-  }
-  return diff / scale;
-}
-
 function randomArray(length: number, seed: number): Float32Array {
   return new TorchGenerator(seed).randn([length]);
 }
 
 describe('FlowDpmSolver matches DPMSolverMultistepScheduler on options the golden does not cover', () => {
   const stepSize = fixture.shape.reduce((a, b) => a * b, 1);
+  it('has reference cases to check', () => {
+    expect(Object.keys(fixture.cases).length).toBeGreaterThan(20);
+  });
   for (const [name, c] of Object.entries(fixture.cases)) {
     it(`${name}: timesteps exact, sigmas and every chained prev_sample within ${REL_LIMIT}`, () => {
       const solver = solverWith(c.config_overrides);
@@ -129,8 +122,7 @@ describe('scheduler_config.json validation', () => {
   });
 
   describe('load', () => {
-    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'flow-dpm-'));
-    afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+    const tmp = tempDir('flow-dpm');
     const schedulerDir = path.join(tmp, 'scheduler');
     fs.mkdirSync(schedulerDir);
     // written as Python writes it: -Infinity for lambda_min_clipped
@@ -142,7 +134,8 @@ describe('scheduler_config.json validation', () => {
       expect(fromModel.sigmas).toEqual(direct.sigmas);
       const shifted = FlowDpmSolver.load(schedulerDir, { flow_shift: 1.0 });
       expect(shifted.settings.flowShift).toBe(1.0);
-      expect(shifted.setTimesteps(10).sigmas[0]).toBeCloseTo(0.999, 6);
+      // with shift 1 the first flow sigma is 1 − 1/num_train_timesteps
+      expect(shifted.setTimesteps(10).sigmas[0]).toBeCloseTo(1 - 1 / (baseConfig.num_train_timesteps as number), 6);
     });
 
     it('names the file when it is missing or not JSON', () => {
@@ -185,10 +178,14 @@ describe('FlowDpmSolver API', () => {
     expect(() => solver.step(x, timesteps[0], x)).toThrow(/generator/);
     const noise = randomArray(24, 3);
     const withNoise = solver.step(x, timesteps[0], x, { varianceNoise: noise });
-    const again = solverWith({ algorithm_type: 'sde-dpmsolver++' });
-    again.setTimesteps(4);
-    // the noise a generator draws is torch.randn of the step's size
-    expect(again.step(x, timesteps[0], x, { generator: new TorchGenerator(7) })).not.toEqual(withNoise);
+    // the noise a generator draws is torch.randn of the step's size from that generator
+    const fromGenerator = solverWith({ algorithm_type: 'sde-dpmsolver++' });
+    fromGenerator.setTimesteps(4);
+    const fromDraw = solverWith({ algorithm_type: 'sde-dpmsolver++' });
+    fromDraw.setTimesteps(4);
+    const drawn = fromGenerator.step(x, timesteps[0], x, { generator: new TorchGenerator(7) });
+    expect(drawn).toEqual(fromDraw.step(x, timesteps[0], x, { varianceNoise: new TorchGenerator(7).randn([24]) }));
+    expect(drawn).not.toEqual(withNoise);
   });
 
   it('leaves its inputs untouched and gives the same result after reset()', () => {

@@ -60,6 +60,8 @@ describe('safetensors reader', () => {
     const specials = new Float32Array([0, -0, 1, -2.5, 65504, 1e-8, 6.1e-5, Infinity, -Infinity, NaN, 1 + 2 ** -11, 1 + 3 * 2 ** -11]);
     const half = f16ToF32(f32ToF16(specials));
     expect(Array.from(half.subarray(0, 5))).toEqual([0, -0, 1, -2.5, 65504]);
+    expect(half[5]).toBe(0); // below half the smallest subnormal
+    expect(half[6]).toBe(Math.round(Math.fround(6.1e-5) * 2 ** 24) * 2 ** -24); // a subnormal: the 2^-24 grid
     expect(half[7]).toBe(Infinity);
     expect(half[8]).toBe(-Infinity);
     expect(Number.isNaN(half[9])).toBe(true);

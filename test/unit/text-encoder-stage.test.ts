@@ -132,6 +132,7 @@ describe('LocalTextEncoder', () => {
     const batch = assemblePrompts(stage.tokenizer, prompts, { chi: chiText(undefined), maxSequenceLength: msl });
     const full = await stage.model.forward(ids(batch.inputIds), ids(batch.attentionMask));
     const L = batch.length;
+    expect(batch.select).toHaveLength(msl);
     for (let b = 0; b < 2; b++) {
       batch.select!.forEach((t, s) => {
         expect(Array.from(out.embeds.data.subarray((b * msl + s) * 48, (b * msl + s + 1) * 48))).toEqual(Array.from(full.data.subarray((b * L + t) * 48, (b * L + t + 1) * 48)));
@@ -141,7 +142,10 @@ describe('LocalTextEncoder', () => {
 
     const neg = await stage.encode({ prompts: [''], useComplexHumanInstruction: false, maxSequenceLength: msl });
     expect(Array.from(neg.mask.data, Number)).toEqual([1, ...new Array(msl - 1).fill(0)]);
-    const direct = await stage.model.forward(ids([[2, ...new Array(msl - 1).fill(0)]]), ids([[1, ...new Array(msl - 1).fill(0)]]));
+    // "" is the BOS token alone, padded to max_sequence_length
+    const { prefixIds, padId } = stage.tokenizer;
+    expect(prefixIds).toHaveLength(1);
+    const direct = await stage.model.forward(ids([[prefixIds[0], ...new Array(msl - 1).fill(padId)]]), ids([[1, ...new Array(msl - 1).fill(0)]]));
     expect(maxAbsErr(neg.embeds.data, direct.data)).toBe(0);
   });
 

@@ -9,6 +9,7 @@ import { parsePythonJson } from '../../services/common/config.ts';
 import { InvalidArgumentError } from '../../services/common/errors.ts';
 import { Checkpoint } from '../../services/common/safetensors.ts';
 import { TorchGenerator, torchRandn } from '../../services/common/torch-randn.ts';
+import { maxAbsErr } from '../parity/golden.ts';
 
 const FIXTURE_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'torch-randn');
 const ABS_LIMIT = 1e-5;
@@ -20,12 +21,6 @@ interface Draw {
 }
 const drawsJson = parsePythonJson(fs.readFileSync(path.join(FIXTURE_DIR, 'randn.json'), 'utf8')) as { draws: Draw[] };
 const reference = Checkpoint.open(path.join(FIXTURE_DIR, 'randn.safetensors'));
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst;
-}
 
 describe('torchRandn matches torch.randn on CPU', () => {
   it('covers every draw of the fixture', () => {
@@ -39,7 +34,7 @@ describe('torchRandn matches torch.randn on CPU', () => {
       expect(Number.isSafeInteger(draw.seed)).toBe(true);
       const expected = reference.readF32(draw.name, draw.shape);
       const ours = torchRandn(draw.shape, draw.seed);
-      const err = maxAbsDiff(ours, expected);
+      const err = maxAbsErr(ours, expected);
       console.log(`${draw.name} numel=${expected.length} max_abs_err=${err.toExponential(3)}`);
       expect(ours.length).toBe(expected.length);
       expect(err).toBeLessThanOrEqual(ABS_LIMIT);
