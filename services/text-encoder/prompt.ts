@@ -136,16 +136,29 @@ export interface PromptOptions {
 
 /** Tokenises and assembles prompts exactly as SanaPipeline's encode_prompt does before running Gemma-2. */
 export function assemblePrompts(tokenizer: TextTokenizer, prompts: readonly string[], options: PromptOptions, field = 'prompts'): AssembledBatch {
-  const { chi, maxSequenceLength } = options;
   const texts = prompts.map((p, i) => preprocessPrompt(p, `${field}[${i}]`));
-  const chiLength = chi === null ? null : tokenizer.prefixIds.length + tokenizer.encodeText(chi).length + tokenizer.suffixIds.length;
-  const room = textRoom(tokenizer, maxSequenceLength, chiLength);
+  return assembleTexts(tokenizer, texts, options);
+}
+
+/** len(tokenizer.encode(chi)): the instruction's ids with the special tokens around them. */
+export function chiLengthWithSpecials(tokenizer: TextTokenizer, chi: string): number {
+  return tokenizer.prefixIds.length + tokenizer.encodeText(chi).length + tokenizer.suffixIds.length;
+}
+
+/**
+ * assemblePrompts for already preprocessed texts; `chiLength` (chiLengthWithSpecials of options.chi) may be given
+ * when the caller keeps it.
+ */
+export function assembleTexts(tokenizer: TextTokenizer, texts: readonly string[], options: PromptOptions, chiLength?: number): AssembledBatch {
+  const { chi, maxSequenceLength } = options;
+  const chiTokens = chi === null ? null : (chiLength ?? chiLengthWithSpecials(tokenizer, chi));
+  const room = textRoom(tokenizer, maxSequenceLength, chiTokens);
   const textIds = texts.map((t) => tokenizer.encodeText(chi === null ? t : chi + t, room));
-  return assembleFromIds(textIds, maxSequenceLength, tokenizer, chiLength);
+  return assembleFromIds(textIds, maxSequenceLength, tokenizer, chiTokens);
 }
 
 /** How many text ids fit the budget beside the special tokens (what the tokenizer needs to look at). */
-export function textRoom(special: SpecialTokens, maxSequenceLength: number, chiLengthWithSpecials: number | null): number {
+function textRoom(special: SpecialTokens, maxSequenceLength: number, chiLengthWithSpecials: number | null): number {
   const length = chiLengthWithSpecials === null ? maxSequenceLength : chiBudget(chiLengthWithSpecials, maxSequenceLength);
   return Math.max(0, length - special.prefixIds.length - special.suffixIds.length);
 }

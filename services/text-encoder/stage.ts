@@ -7,7 +7,7 @@ import type { EncodeRequest, EncodeResult, StageContext, TextEncoderInfo, TextEn
 import { tensor } from '../common/tensor.ts';
 import { type CachedEmbedding, cacheKey, EmbeddingCache } from './cache.ts';
 import { Gemma2Model } from './gemma2.ts';
-import { assembleFromIds, chiBudget, chiText, preprocessPrompt, textRoom } from './prompt.ts';
+import { assembleTexts, chiBudget, chiLengthWithSpecials, chiText, preprocessPrompt } from './prompt.ts';
 import { HfTokenizer, type TextTokenizer } from './tokenizer.ts';
 
 export interface TextEncoderComponents {
@@ -114,7 +114,7 @@ export class LocalTextEncoder implements TextEncoderStage {
   private chiLength(chi: string): number {
     let n = this.chiLengths.get(chi);
     if (n === undefined) {
-      n = this.tokenizer.prefixIds.length + this.tokenizer.encodeText(chi).length + this.tokenizer.suffixIds.length;
+      n = chiLengthWithSpecials(this.tokenizer, chi);
       if (this.chiLengths.size >= 16) this.chiLengths.clear();
       this.chiLengths.set(chi, n);
     }
@@ -176,10 +176,7 @@ export class LocalTextEncoder implements TextEncoderStage {
   /** One Gemma-2 forward over preprocessed texts; returns each row's selected [msl, H] embeddings and [msl] mask. */
   private async encodeRows(texts: string[], chi: string | null, msl: number, ctx: StageContext): Promise<CachedEmbedding[]> {
     if (ctx.signal?.aborted) throw new CancelledError();
-    const chiLength = chi === null ? null : this.chiLength(chi);
-    const room = textRoom(this.tokenizer, msl, chiLength);
-    const textIds = texts.map((t) => this.tokenizer.encodeText(chi === null ? t : chi + t, room));
-    const batch = assembleFromIds(textIds, msl, this.tokenizer, chiLength);
+    const batch = assembleTexts(this.tokenizer, texts, { chi, maxSequenceLength: msl }, chi === null ? undefined : this.chiLength(chi));
     const { length: L } = batch;
     const B = texts.length;
     const ids = new BigInt64Array(B * L);
