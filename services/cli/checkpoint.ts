@@ -38,10 +38,22 @@ export function cachedRandomCheckpoint(presetName: string): string {
   const dir = path.join(cacheRoot(), 'checkpoints', presetName);
   const done = path.join(dir, '.complete');
   if (!fs.existsSync(done)) {
-    fs.rmSync(dir, { recursive: true, force: true });
+    // written beside and renamed into place, so processes starting together (the stage services of one
+    // machine) never see or delete each other's half-written folder
+    const staging = `${dir}.tmp-${process.pid}`;
+    fs.rmSync(staging, { recursive: true, force: true });
     console.error(`writing the random checkpoint ${presetName} to ${dir} (once) ...`);
-    writeRandomCheckpoint(presetName, dir);
-    fs.writeFileSync(done, new Date().toISOString());
+    writeRandomCheckpoint(presetName, staging);
+    fs.writeFileSync(path.join(staging, '.complete'), new Date().toISOString());
+    if (!fs.existsSync(done)) {
+      fs.rmSync(dir, { recursive: true, force: true }); // an older writer's unfinished folder
+      try {
+        fs.renameSync(staging, dir);
+      } catch {
+        // another process finished first: use its folder
+      }
+    }
+    fs.rmSync(staging, { recursive: true, force: true });
   }
   return dir;
 }
