@@ -71,9 +71,8 @@ export interface CallScope {
   queuedSeconds: number;
 }
 
+/** Streaming calls are the model work: each takes an admission slot (RESOURCE_EXHAUSTED when the queue is full). */
 export interface StreamOptions<Req> {
-  /** take an admission slot (RESOURCE_EXHAUSTED when the queue is full) */
-  admit: boolean;
   /** cheap checks before admission (auth, request shape): what it throws fails the call without queueing */
   precheck?: (request: Req, metadata: grpc.Metadata) => void;
 }
@@ -257,7 +256,7 @@ export class ServiceHost {
   serverStream<Req, Res>(
     method: string,
     handler: (request: Req, scope: CallScope, out: ResponseWriter<Res>) => Promise<void>,
-    options: StreamOptions<Req>,
+    options: StreamOptions<Req> = {},
   ): grpc.handleServerStreamingCall<Req, Res> {
     return (call) => {
       let ok = false;
@@ -265,7 +264,7 @@ export class ServiceHost {
       void this.track(
         call as AnyCall,
         method,
-        options.admit,
+        true,
         precheck && (() => precheck(call.request, call.metadata)),
         async (scope) => {
           await handler(call.request, scope, responseWriter(call, scope.signal));
@@ -281,14 +280,13 @@ export class ServiceHost {
   bidiStream<Req, Res>(
     method: string,
     handler: (requests: RequestReader<Req>, scope: CallScope, out: ResponseWriter<Res>) => Promise<void>,
-    options: { admit: boolean },
   ): grpc.handleBidiStreamingCall<Req, Res> {
     return (call) => {
       let ok = false;
       void this.track(
         call as AnyCall,
         method,
-        options.admit,
+        true,
         undefined,
         async (scope) => {
           await handler(new RequestReader(call, scope.signal), scope, responseWriter(call, scope.signal));

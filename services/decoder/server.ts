@@ -43,7 +43,6 @@ export function addDecoderService(host: ServiceHost, slot: StageSlot<DecoderStag
           host.metrics.images.inc({ service, format });
         }
       },
-      { admit: true },
     ),
   });
 }

@@ -76,7 +76,6 @@ export function addDenoiserService(host: ServiceHost, slot: StageSlot<DenoiserSt
         );
         for (const value of tensorChunks(latents)) await out.write({ output: { $case: 'latents', value } });
       },
-      { admit: true },
     ),
   });
 }

@@ -117,7 +117,7 @@ export function addGenerationService(host: ServiceHost, stages: GatewayStages, o
           },
         });
       },
-      { admit: true, precheck },
+      { precheck },
     ),
   });
 }

@@ -45,7 +45,6 @@ export function addTextEncoderService(host: ServiceHost, slot: StageSlot<TextEnc
         for (const value of tensorChunks(embeds)) await out.write({ output: { $case: 'promptEmbeds', value } });
         for (const value of tensorChunks(mask)) await out.write({ output: { $case: 'promptAttentionMask', value } });
       },
-      { admit: true },
     ),
   });
 }

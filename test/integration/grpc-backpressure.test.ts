@@ -74,7 +74,6 @@ describe('response stream back-pressure', () => {
             record.finishedAt = performance.now();
           }
         },
-        { admit: true },
       ),
     });
     await host.listen();
