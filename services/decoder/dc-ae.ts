@@ -15,12 +15,13 @@
 // once per checkpoint content.
 import path from 'node:path';
 import { z } from 'zod';
+import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { cachedCompile } from '../common/compile-cache.ts';
 import { ConfigError, loadConfig, unsupported } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
 import { ElemType, float, GraphBuilder } from '../common/onnx-graph.ts';
 import { OrtSession, type SessionOptions } from '../common/ort-session.ts';
-import { Checkpoint, CheckpointError } from '../common/safetensors.ts';
+import { Checkpoint } from '../common/safetensors.ts';
 import { firstNonFinite, type HostTensor } from '../common/tensor.ts';
 
 // ---- config.json of vae/ (keys as diffusers writes them; encoder_* keys are accepted and unused) ----
@@ -286,51 +287,31 @@ export function dcAeDecoderFlops(c: DcAeConfig, h: number, w: number, count: 're
 
 class DcAeDecoderGraph {
   readonly g: GraphBuilder;
-  private readonly used = new Set<string>();
-  private readonly shapes: Map<string, number[]>;
+  private readonly weights: CheckpointWeights;
   readonly layout: DecoderLayout;
 
   constructor(
     readonly c: DcAeConfig,
-    private readonly ckpt: Checkpoint,
+    ckpt: Checkpoint,
     dir: string,
   ) {
     this.g = new GraphBuilder('dc_ae_decoder', dir);
-    this.shapes = dcAeDecoderTensorShapes(c);
+    this.weights = new CheckpointWeights(ckpt, dcAeDecoderTensorShapes(c));
     this.layout = decoderLayout(c);
   }
 
   private shape(key: string): number[] {
-    const shape = this.shapes.get(key);
-    if (!shape) throw new Error(`internal: ${key} is not part of the model`);
-    return shape;
-  }
-
-  private read(key: string): Float32Array {
-    this.used.add(key);
-    return this.ckpt.readF32(key, this.shape(key));
+    return this.weights.shape(key);
   }
 
   /** A checkpoint tensor as an fp32 weight, shape-checked; `as` reshapes it (Linear [out,in] → 1×1 conv). */
   w(key: string, as?: number[]): string {
-    return this.g.weight(key, as ?? this.shape(key), this.read(key));
+    return this.g.weight(key, as ?? this.shape(key), this.weights.read(key));
   }
 
   /** A per-channel vector [C] viewed [1,C,1,1] so it broadcasts over NCHW. */
   channelVector(key: string): string {
     return this.w(key, [1, this.shape(key)[0], 1, 1]);
-  }
-
-  /** Checkpoint tensors the config did not account for mean an option we do not implement (encoder.* is not ours). */
-  assertAllUsed(): void {
-    const unused = this.ckpt.names.filter((n) => !n.startsWith('encoder.') && !this.used.has(n));
-    if (unused.length > 0) {
-      throw new CheckpointError(
-        this.ckpt.source,
-        unused[0],
-        `${unused.length} decoder tensor(s) not used by the configured decoder (${unused.slice(0, 4).join(', ')}${unused.length > 4 ? ', …' : ''}): the checkpoint uses an option this implementation does not support, or config.json does not match it`,
-      );
-    }
   }
 
   /** Conv2d with 'same' padding, weights by checkpoint key. */
@@ -370,8 +351,7 @@ class DcAeDecoderGraph {
 
   /** BatchNorm2d in eval mode: running statistics (num_batches_tracked is bookkeeping). */
   batchNorm(x: string, prefix: string): string {
-    this.used.add(`${prefix}.num_batches_tracked`);
-    this.ckpt.expectShape(`${prefix}.num_batches_tracked`, []);
+    this.weights.expect(`${prefix}.num_batches_tracked`);
     const keys = ['weight', 'bias', 'running_mean', 'running_var'].map((k) => this.w(`${prefix}.${k}`));
     return this.g.op('BatchNormalization', [x, ...keys], { epsilon: float(NORM_EPS) });
   }
@@ -400,7 +380,7 @@ class DcAeDecoderGraph {
   upBlock(x: string, prefix: string, inChannels: number, outChannels: number, shortcut: boolean): string {
     const { g } = this;
     const weightKey = `${prefix}.conv.weight`;
-    const w3 = this.read(weightKey); // [Cout', Cin, 3, 3]
+    const w3 = this.weights.read(weightKey); // [Cout', Cin, 3, 3]
     const bias = this.w(`${prefix}.conv.bias`);
     const r = shortcut ? (UP_FACTOR * UP_FACTOR * outChannels) / inChannels : 0;
     /** the input channel the shortcut copies into pixel-shuffled channel k = 4o + 2a + b */
@@ -465,7 +445,7 @@ class DcAeDecoderGraph {
     const inner = attentionInner(st, d);
     const C = st.channels;
     const qkvWeight = new Float32Array(3 * inner * C);
-    ['to_q', 'to_k', 'to_v'].forEach((p, i) => qkvWeight.set(this.read(`${prefix}.${p}.weight`), i * inner * C));
+    ['to_q', 'to_k', 'to_v'].forEach((p, i) => qkvWeight.set(this.weights.read(`${prefix}.${p}.weight`), i * inner * C));
     const qkv = g.op('Conv', [x, g.weight(`${prefix}.to_qkv(concat)`, [3 * inner, C, 1, 1], qkvWeight)], { kernel_shape: [1, 1] }); // [B,3I,H,W]
     const scales = [qkv];
     st.kernelSizes.forEach((_, m) => {
@@ -527,7 +507,7 @@ class DcAeDecoderGraph {
       ? this.upBlock(x, 'decoder.conv_out', layout.headChannels, c.in_channels, false)
       : this.conv(x, 'decoder.conv_out'); // [B,3,H·s,W·s]
     g.output(sample, 'sample', ElemType.FLOAT, ['batch', c.in_channels, 'sample_height', 'sample_width']);
-    this.assertAllUsed();
+    this.weights.assertAllUsed('decoder', (name) => name.startsWith('encoder.')); // the encoder half is not ours
     return g.finish();
   }
 }

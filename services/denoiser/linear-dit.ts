@@ -11,12 +11,13 @@
 // Weights are addressed by the checkpoint's own keys; the graph is compiled once per checkpoint content.
 import path from 'node:path';
 import { z } from 'zod';
+import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { cachedCompile } from '../common/compile-cache.ts';
 import { ConfigError, loadConfig, unsupported } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
 import { ElemType, float, GraphBuilder } from '../common/onnx-graph.ts';
 import { OrtSession, type SessionOptions } from '../common/ort-session.ts';
-import { Checkpoint, CheckpointError } from '../common/safetensors.ts';
+import { Checkpoint } from '../common/safetensors.ts';
 import { batchRows, concatRows, firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
 
 // ---- config.json of transformer/ (keys as diffusers writes them) ----
@@ -160,43 +161,27 @@ export function ditForwardFlops(c: LinearDitConfig, batch: number, height: numbe
 
 class DitGraph {
   readonly g: GraphBuilder;
-  private readonly used = new Set<string>();
-  private readonly shapes: Map<string, number[]>;
+  private readonly weights: CheckpointWeights;
   readonly dims: ReturnType<typeof ditDims>;
 
   constructor(
     readonly c: LinearDitConfig,
-    private readonly ckpt: Checkpoint,
+    ckpt: Checkpoint,
     dir: string,
   ) {
     this.g = new GraphBuilder('sana_transformer', dir);
-    this.shapes = ditTensorShapes(c);
+    this.weights = new CheckpointWeights(ckpt, ditTensorShapes(c));
     this.dims = ditDims(c);
   }
 
   /** A checkpoint tensor as an fp32 weight, shape-checked; `as` reshapes it (1×1 conv → matrix). */
   w(key: string, as?: number[]): string {
-    const shape = this.shapes.get(key);
-    if (!shape) throw new Error(`internal: ${key} is not part of the model`);
-    this.used.add(key);
-    return this.g.weight(key, as ?? shape, this.ckpt.readF32(key, shape));
-  }
-
-  /** Checkpoint tensors the config did not account for mean an option we do not implement. */
-  assertAllUsed(): void {
-    const unused = this.ckpt.names.filter((n) => !this.used.has(n));
-    if (unused.length > 0) {
-      throw new CheckpointError(
-        this.ckpt.source,
-        unused[0],
-        `${unused.length} tensor(s) not used by the configured model (${unused.slice(0, 4).join(', ')}${unused.length > 4 ? ', …' : ''}): the checkpoint uses an option this implementation does not support`,
-      );
-    }
+    return this.g.weight(key, as ?? this.weights.shape(key), this.weights.read(key));
   }
 
   /** x [M,in] · Wᵀ + b with the checkpoint's [out,in] weight used in place (Gemm transB). */
   linear2d(x: string, prefix: string, bias = true): string {
-    const shape = this.shapes.get(`${prefix}.weight`)!;
+    const shape = this.weights.shape(`${prefix}.weight`);
     const wName = this.w(`${prefix}.weight`, [shape[0], shape.slice(1).reduce((a, b) => a * b, 1)]);
     const inputs = [x, wName];
     if (bias) inputs.push(this.w(`${prefix}.bias`));
@@ -205,7 +190,7 @@ class DitGraph {
 
   /** x [B,T,in] → [B,T,out] through a 2-D Gemm. */
   linear(x: string, prefix: string, batch: string, bias = true): string {
-    const shape = this.shapes.get(`${prefix}.weight`)!;
+    const shape = this.weights.shape(`${prefix}.weight`);
     const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
     const y = this.linear2d(this.g.reshape(x, [-1, inDim]), prefix, bias);
     return this.g.reshape(y, this.g.concat([batch, this.g.ints([-1, shape[0]])], 0));
@@ -375,7 +360,7 @@ class DitGraph {
       g.concat([batch, g.ints([outChannels]), g.mul(hw, g.ints([p]))], 0),
     );
     g.output(image, 'output', ElemType.FLOAT, ['batch', outChannels, 'height', 'width']);
-    this.assertAllUsed();
+    this.weights.assertAllUsed('model');
     return g.finish();
   }
 }

@@ -17,6 +17,7 @@
 // recognised. The graph is compiled once per checkpoint content.
 import path from 'node:path';
 import { z } from 'zod';
+import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { cachedCompile } from '../common/compile-cache.ts';
 import { ConfigError, loadConfig, unsupported } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
@@ -143,8 +144,7 @@ function ropeInverseFrequencies(c: Gemma2Config): Float32Array {
 
 class Gemma2Graph {
   readonly g: GraphBuilder;
-  private readonly used = new Set<string>();
-  private readonly shapes: Map<string, number[]>;
+  private readonly weights: CheckpointWeights;
   private readonly heads: number;
   private readonly kvHeads: number;
   private readonly groups: number;
@@ -152,12 +152,12 @@ class Gemma2Graph {
 
   constructor(
     readonly c: Gemma2Config,
-    private readonly ckpt: Checkpoint,
+    ckpt: Checkpoint,
     private readonly prefix: string,
     dir: string,
   ) {
     this.g = new GraphBuilder('gemma2_text_encoder', dir);
-    this.shapes = gemma2TensorShapes(c, prefix);
+    this.weights = new CheckpointWeights(ckpt, gemma2TensorShapes(c, prefix));
     this.heads = c.num_attention_heads;
     this.kvHeads = c.num_key_value_heads;
     this.groups = this.heads / this.kvHeads;
@@ -167,24 +167,8 @@ class Gemma2Graph {
   /** A checkpoint tensor (key without the prefix) as an fp32 weight, shape-checked; `map` transforms values. */
   w(key: string, map?: (values: Float32Array) => Float32Array): string {
     const name = this.prefix + key;
-    const shape = this.shapes.get(name);
-    if (!shape) throw new Error(`internal: ${name} is not part of the model`);
-    this.used.add(name);
-    const values = this.ckpt.readF32(name, shape);
-    return this.g.weight(name, shape, map ? map(values) : values);
-  }
-
-  /** Checkpoint tensors the config did not account for mean an option we do not implement. */
-  assertAllUsed(): void {
-    // a causal-LM checkpoint may carry its (tied) output head; the encoder does not use it
-    const unused = this.ckpt.names.filter((n) => !this.used.has(n) && n !== 'lm_head.weight');
-    if (unused.length > 0) {
-      throw new CheckpointError(
-        this.ckpt.source,
-        unused[0],
-        `${unused.length} tensor(s) not used by the configured model (${unused.slice(0, 4).join(', ')}${unused.length > 4 ? ', …' : ''}): the checkpoint uses an option this implementation does not support`,
-      );
-    }
+    const values = this.weights.read(name);
+    return this.g.weight(name, this.weights.shape(name), map ? map(values) : values);
   }
 
   /** x [M,in] · Wᵀ (+ b) with the checkpoint's [out,in] weight used in place (Gemm transB). */
@@ -297,7 +281,8 @@ class Gemma2Graph {
     }
     const out = g.reshape(this.rmsNorm(x, 'norm'), g.concat([bl, g.ints([h])], 0)); // [B,L,H]
     g.output(out, 'last_hidden_state', ElemType.FLOAT, ['batch', 'length', h]);
-    this.assertAllUsed();
+    // a causal-LM checkpoint may carry its (tied) output head; the encoder does not use it
+    this.weights.assertAllUsed('model', (name) => name === 'lm_head.weight');
     return g.finish();
   }
 }
