@@ -2,7 +2,7 @@
 // Transformer configs follow diffusers' scripts/convert_sana_to_diffusers.py.
 import { ditTensorShapes, LinearDitConfig } from '../denoiser/linear-dit.ts';
 import { DcAeConfig, dcAeDecoderTensorShapes } from '../decoder/dc-ae.ts';
-import type { ComponentSpec } from '../common/random-checkpoint.ts';
+import { type ComponentSpec, defaultInit } from '../common/random-checkpoint.ts';
 import { Gemma2Config, gemma2TensorShapes } from '../text-encoder/gemma2.ts';
 
 type Component = ComponentSpec['folder'];
@@ -33,12 +33,7 @@ function transformer(overrides: Partial<LinearDitConfig> & Pick<LinearDitConfig,
     weightsStem: 'diffusion_pytorch_model',
     config,
     shapes: ditTensorShapes(config),
-    init: (name, shape) => {
-      if (name.endsWith('scale_shift_table')) return { std: 1 / Math.sqrt(shape[1]) };
-      if (name.endsWith('.bias')) return 'zero';
-      if (shape.length === 1) return 'norm';
-      return 'matrix';
-    },
+    init: (name, shape) => (name.endsWith('scale_shift_table') ? { std: 1 / Math.sqrt(shape[1]) } : defaultInit(name, shape)),
   };
 }
 
@@ -60,11 +55,6 @@ export function vaeComponent(config: Record<string, unknown>): ComponentSpec {
     weightsStem: 'diffusion_pytorch_model',
     config,
     shapes: dcAeDecoderTensorShapes(DcAeConfig.parse(config)),
-    init: (name, shape) => {
-      if (name.endsWith('.bias') || name.endsWith('.running_mean') || name.endsWith('.num_batches_tracked')) return 'zero';
-      if (shape.length === 1) return 'norm'; // norm weights and running_var start at 1
-      return 'matrix';
-    },
   };
 }
 

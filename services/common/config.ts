@@ -31,7 +31,8 @@ export function parsePythonJson(text: string): unknown {
   return JSON.parse(text.replace(/(?<=[:\[,]\s*)(-?Infinity|NaN)(?=\s*[,\]}])/g, '"$1"'));
 }
 
-export function loadConfig<S extends z.ZodType>(file: string, schema: S): z.infer<S> {
+/** Reads and validates a config.json; `overrides` (config keys) replace what the file says. */
+export function loadConfig<S extends z.ZodType>(file: string, schema: S, overrides: Record<string, unknown> = {}): z.infer<S> {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -44,7 +45,8 @@ export function loadConfig<S extends z.ZodType>(file: string, schema: S): z.infe
   } catch (e) {
     throw new ConfigError(file, `not valid JSON: ${(e as Error).message}`);
   }
-  return parseConfig(file, raw, schema);
+  const withOverrides = Object.keys(overrides).length > 0 && typeof raw === 'object' && raw !== null && !Array.isArray(raw) ? { ...raw, ...overrides } : raw;
+  return parseConfig(file, withOverrides, schema);
 }
 
 /** A float key that Python may have written as Infinity / -Infinity / NaN. */

@@ -51,9 +51,10 @@ function hashName(name: string): number {
   return h >>> 0;
 }
 
-function defaultInit(name: string, shape: number[]): 'norm' | 'zero' | 'matrix' {
+/** Biases, running means and scalars (batch-norm counters) zero; other vectors (norm weights, running variances) one. */
+export function defaultInit(name: string, shape: number[]): 'norm' | 'zero' | 'matrix' {
   const leaf = name.split('.').pop()!;
-  if (leaf === 'bias') return 'zero';
+  if (leaf === 'bias' || leaf === 'running_mean' || shape.length === 0) return 'zero';
   if (shape.length === 1) return 'norm';
   return 'matrix';
 }

@@ -13,7 +13,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { ConfigError, parseConfig, parsePythonJson, pyFloat, unsupported } from '../common/config.ts';
+import { ConfigError, loadConfig, pyFloat, unsupported } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
 import { LIMITS } from '../common/limits.ts';
 import type { TorchGenerator } from '../common/torch-randn.ts';
@@ -177,15 +177,7 @@ export function schedulerConfigFile(dir: string): string {
 /** Loads, applies `overrides` (keys of scheduler_config.json), validates and resolves a scheduler config. */
 export function loadSchedulerSettings(dir: string, overrides: Record<string, unknown> = {}): FlowDpmSolverSettings {
   const file = schedulerConfigFile(dir);
-  let raw: unknown;
-  try {
-    raw = parsePythonJson(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new ConfigError(file, `cannot read as JSON: ${(e as Error).message}`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError(file, 'must hold a JSON object');
-  const config = parseConfig(file, { ...raw, ...overrides }, FlowDpmSolverConfig);
-  return resolveSettings(file, config);
+  return resolveSettings(file, loadConfig(file, FlowDpmSolverConfig, overrides));
 }
 
 /** The schedule set_timesteps(n) produces: n integer timesteps and n+1 float32 sigmas. */
@@ -244,9 +236,7 @@ export interface StepNoise {
 export class FlowDpmSolver {
   private schedule: FlowSchedule | null = null;
   private history: (Float32Array | null)[] = [];
-  private lowerOrderCount = 0;
   private stepIndex = 0;
-  private sampleLength = -1;
 
   constructor(readonly settings: FlowDpmSolverSettings) {}
 
@@ -255,18 +245,9 @@ export class FlowDpmSolver {
     return new FlowDpmSolver(loadSchedulerSettings(dir, overrides));
   }
 
-  /** The validated settings alone (load once, then `new FlowDpmSolver(settings)` per request). */
-  static loadConfig(dir: string, overrides: Record<string, unknown> = {}): FlowDpmSolverSettings {
-    return loadSchedulerSettings(dir, overrides);
-  }
-
   /** A fresh solver with the same settings and no state: one per request. */
   fork(): FlowDpmSolver {
     return new FlowDpmSolver(this.settings);
-  }
-
-  get order(): number {
-    return this.settings.solverOrder;
   }
 
   /** set_timesteps(n): builds the schedule and clears the multistep state. */
@@ -274,14 +255,6 @@ export class FlowDpmSolver {
     this.schedule = flowSchedule(this.settings, numInferenceSteps);
     this.reset();
     return this.schedule;
-  }
-
-  get timesteps(): readonly number[] {
-    return this.requireSchedule().timesteps;
-  }
-
-  get sigmas(): Float32Array {
-    return this.requireSchedule().sigmas;
   }
 
   /** The index of the next step (0 before the first, n after the last). */
@@ -292,9 +265,7 @@ export class FlowDpmSolver {
   /** Clears the multistep state so the same schedule can be run again from the first step. */
   reset(): void {
     this.history = new Array(this.settings.solverOrder).fill(null);
-    this.lowerOrderCount = 0;
     this.stepIndex = 0;
-    this.sampleLength = -1;
   }
 
   /**
@@ -312,8 +283,9 @@ export class FlowDpmSolver {
     if (modelOutput.length !== sample.length) {
       throw new InvalidArgumentError('model_output', `has ${modelOutput.length} values but the sample has ${sample.length}`);
     }
-    if (this.sampleLength !== -1 && sample.length !== this.sampleLength) {
-      throw new InvalidArgumentError('sample', `has ${sample.length} values but earlier steps had ${this.sampleLength}`);
+    const earlier = this.history.at(-1);
+    if (earlier && sample.length !== earlier.length) {
+      throw new InvalidArgumentError('sample', `has ${sample.length} values but earlier steps had ${earlier.length}`);
     }
     const s = this.settings;
     const stochastic = s.algorithm === 'sde-dpmsolver' || s.algorithm === 'sde-dpmsolver++';
@@ -338,17 +310,17 @@ export class FlowDpmSolver {
     this.history.shift();
     this.history.push(converted);
 
+    // steps already taken at lower order (the multistep history fills up over the first solver_order steps)
+    const lowerOrderCount = Math.min(i, s.solverOrder);
     let prev: Float32Array;
-    if (s.solverOrder === 1 || this.lowerOrderCount < 1 || firstOrderFinal) {
+    if (s.solverOrder === 1 || lowerOrderCount < 1 || firstOrderFinal) {
       prev = this.firstOrderUpdate(converted, sample, variance, sigmas[i + 1], sigmas[i]);
-    } else if (s.solverOrder === 2 || this.lowerOrderCount < 2 || secondOrderFinal) {
+    } else if (s.solverOrder === 2 || lowerOrderCount < 2 || secondOrderFinal) {
       prev = this.secondOrderUpdate(sample, variance, sigmas[i + 1], sigmas[i], sigmas[i - 1]);
     } else {
       prev = this.thirdOrderUpdate(sample, variance, sigmas[i + 1], sigmas[i], sigmas[i - 1], sigmas[i - 2]);
     }
-    if (this.lowerOrderCount < s.solverOrder) this.lowerOrderCount++;
     this.stepIndex++;
-    this.sampleLength = sample.length;
     return prev;
   }
 

@@ -6,7 +6,7 @@ import type { SessionOptions } from '../common/ort-session.ts';
 import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage } from '../common/stages.ts';
 import { concatRows, firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
 import { ConfigError } from '../common/config.ts';
-import { FlowDpmSolver, type FlowDpmSolverSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
+import { FlowDpmSolver, type FlowDpmSolverSettings, loadSchedulerSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
 import { applyGuidance, firstChannels } from './guidance.ts';
 import { LinearDit } from './linear-dit.ts';
 
@@ -19,7 +19,7 @@ export class LocalDenoiser implements DenoiserStage {
   /** Loads `<modelDir>/transformer` and `<modelDir>/scheduler`. */
   static async load(modelDir: string, options: SessionOptions = {}): Promise<LocalDenoiser> {
     const schedulerDir = path.join(modelDir, 'scheduler');
-    const settings = FlowDpmSolver.loadConfig(schedulerDir);
+    const settings = loadSchedulerSettings(schedulerDir);
     if (settings.algorithm.startsWith('sde-')) {
       // the SDE solvers draw fresh noise every step from the pipeline's generator, which lives in the gateway
       throw new ConfigError(schedulerConfigFile(schedulerDir), `key "algorithm_type" = "${settings.algorithm}" is not supported by the serving pipeline (stochastic)`);

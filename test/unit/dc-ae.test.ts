@@ -34,7 +34,7 @@ const baseConfig = {
 function writeVae(name: string, config: Record<string, unknown>, seed = 7): string {
   const spec = vaeComponent(config);
   spec.init = (key, shape) => {
-    if (key.endsWith('num_batches_tracked')) return 'zero';
+    if (shape.length === 0) return 'zero'; // num_batches_tracked
     if (key.endsWith('running_var')) return { std: 0.25, mean: 1 };
     if (shape.length === 1) return { std: 0.2, mean: key.endsWith('.weight') ? 1 : 0 };
     return 'matrix';
