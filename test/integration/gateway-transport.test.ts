@@ -71,9 +71,16 @@ describe('gateway transport (stages down)', () => {
   });
 
   it('exports request counts by method and code, readiness and process metrics over HTTP', async () => {
-    const text = await (await fetch(`http://127.0.0.1:${metrics.port}/metrics`)).text();
-    expect(text).toMatch(/sana_grpc_requests_total\{service="gateway",method="Generate",code="UNAUTHENTICATED"\} 2/);
-    expect(text).toMatch(/sana_grpc_requests_total\{service="gateway",method="Generate",code="UNAVAILABLE"\} 1/);
+    const scrape = async () => (await fetch(`http://127.0.0.1:${metrics.port}/metrics`)).text();
+    const count = async (code: string) => {
+      const line = new RegExp(`^sana_grpc_requests_total\\{service="gateway",method="Generate",code="${code}"\\} (\\d+)$`, 'm').exec(await scrape());
+      return line ? Number(line[1]) : 0;
+    };
+    const [unauthenticated, unavailable] = [await count('UNAUTHENTICATED'), await count('UNAVAILABLE')];
+    await callGenerate(host.address, { prompt: ['a cat'] });
+    await callGenerate(host.address, { prompt: ['a cat'] }, { metadata: bearer(TOKEN) });
+    expect([await count('UNAUTHENTICATED'), await count('UNAVAILABLE')]).toEqual([unauthenticated + 1, unavailable + 1]);
+    const text = await scrape();
     expect(text).toMatch(/sana_grpc_request_duration_seconds_bucket\{le="0.005",service="gateway",method="Generate",code="UNAUTHENTICATED"\}/);
     expect(text).toMatch(/sana_ready\{service="gateway"\} 0/);
     expect(text).toMatch(/sana_queue_depth\{service="gateway"\} 0/);

@@ -96,9 +96,27 @@ describe('sana serve all (separate process)', () => {
     expect(bad.stderr).toMatch(/width: .*4096/);
   });
 
-  it('drains and exits 0 on SIGTERM', async () => {
+  it('on SIGTERM finishes the request in flight, then exits 0', async () => {
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    child.kill('SIGTERM');
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${TOKEN}`);
+    let signalled = false;
+    const inFlight = callGenerate(address, { prompt: ['a harbour at night'], seed: 2n, numInferenceSteps: 40 }, {
+      metadata,
+      onEvent: (e) => {
+        // terminate while the denoiser is mid-way
+        if (!signalled && e.event?.$case === 'progress') {
+          signalled = true;
+          child.kill('SIGTERM');
+        }
+      },
+    });
+    const outcome = await inFlight;
+    expect(signalled).toBe(true);
+    expect(outcome.code, outcome.details).toBe(grpc.status.OK);
+    const progress = outcome.events.filter((e) => e.event?.$case === 'progress');
+    expect(progress).toHaveLength(40);
+    expect(Buffer.from(outcome.images[0].bytes).subarray(1, 4).toString()).toBe('PNG');
     expect(await exited).toBe(0);
     expect(stderr).toMatch(/SIGTERM: draining in-flight requests/);
   });
