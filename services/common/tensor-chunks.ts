@@ -5,6 +5,7 @@ import os from 'node:os';
 import { InvalidArgumentError } from './errors.ts';
 import { DType, type Tensor } from './gen/sana/v1/tensor.ts';
 import { ImageFormat as ProtoImageFormat, type ImageChunk } from './gen/sana/v1/image.ts';
+import { LIMITS } from './limits.ts';
 import type { DecodedImage, ImageFormat } from './stages.ts';
 import { firstNonFinite, type HostTensor, type TensorData, type TensorType } from './tensor.ts';
 
@@ -34,16 +35,21 @@ export function dtypeName(dtype: DType): string {
   return entry ? entry[0] : `unknown dtype ${dtype}`;
 }
 
-/** The messages of one tensor's run; `data` views the tensor's memory (no copy until protobuf encodes it). */
-export function* tensorChunks(t: HostTensor, chunkBytes = CHUNK_BYTES): Generator<Tensor> {
-  const bytes = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-  const dtype = DTYPES[t.type].dtype;
+/** Views of consecutive `chunkBytes` slices of `view`'s memory (one empty slice for no bytes), with their offsets. */
+function* byteChunks(view: ArrayBufferView, chunkBytes: number): Generator<{ offset: number; data: Buffer }> {
+  const bytes = Buffer.from(view.buffer, view.byteOffset, view.byteLength);
   let offset = 0;
   do {
     const data = bytes.subarray(offset, offset + chunkBytes);
-    yield { dtype, shape: t.dims, offset, data };
+    yield { offset, data };
     offset += data.length;
   } while (offset < bytes.length);
+}
+
+/** The messages of one tensor's run; `data` views the tensor's memory (no copy until protobuf encodes it). */
+export function* tensorChunks(t: HostTensor, chunkBytes = CHUNK_BYTES): Generator<Tensor> {
+  const dtype = DTYPES[t.type].dtype;
+  for (const chunk of byteChunks(t.data, chunkBytes)) yield { dtype, shape: t.dims, ...chunk };
 }
 
 export interface TensorExpectation<T extends TensorType> {
@@ -157,14 +163,8 @@ export function fromProtoFormat(format: ProtoImageFormat, field = 'format'): Ima
 }
 
 export function* imageChunks(image: DecodedImage, index: number, chunkBytes = CHUNK_BYTES): Generator<ImageChunk> {
-  const bytes = Buffer.from(image.bytes.buffer, image.bytes.byteOffset, image.bytes.byteLength);
-  const header = { index, format: toProtoFormat(image.format), width: image.width, height: image.height, size: bytes.length };
-  let offset = 0;
-  do {
-    const data = bytes.subarray(offset, offset + chunkBytes);
-    yield { ...header, offset, data };
-    offset += data.length;
-  } while (offset < bytes.length);
+  const header = { index, format: toProtoFormat(image.format), width: image.width, height: image.height, size: image.bytes.byteLength };
+  for (const chunk of byteChunks(image.bytes, chunkBytes)) yield { ...header, ...chunk };
 }
 
 /** Reassembles the images of an ImageChunk stream (images one after another, each chunks in order). */
@@ -172,12 +172,16 @@ export class ImageAssembler {
   private readonly images: DecodedImage[] = [];
   private current: { bytes: Uint8Array; received: number } | undefined;
 
-  constructor(private readonly maxBytes: number) {}
+  constructor(
+    private readonly maxBytes: number,
+    private readonly maxImages = LIMITS.images,
+  ) {}
 
   add(chunk: ImageChunk): void {
     const expectedIndex = this.current ? this.images.length - 1 : this.images.length;
     if (chunk.index !== expectedIndex) throw new Error(`image chunk for image ${chunk.index} arrived while expecting image ${expectedIndex}`);
     if (!this.current) {
+      if (expectedIndex >= this.maxImages) throw new Error(`more than ${this.maxImages} images`);
       if (chunk.size > this.maxBytes) throw new Error(`image ${chunk.index} is ${chunk.size} bytes; the limit is ${this.maxBytes}`);
       this.current = { bytes: new Uint8Array(chunk.size), received: 0 };
       this.images.push({ bytes: this.current.bytes, width: chunk.width, height: chunk.height, format: fromProtoFormat(chunk.format) });

@@ -97,5 +97,9 @@ describe('image chunks', () => {
     const cut = new ImageAssembler(1 << 20);
     cut.add([...imageChunks(images[0], 0, 1000)][0]);
     expect(() => cut.result()).toThrow('image 0 ended after 1000 of 2500 bytes');
+
+    const one = new ImageAssembler(1 << 20, 1);
+    for (const chunk of imageChunks(images[0], 0)) one.add(chunk);
+    expect(() => one.add([...imageChunks(images[1], 1)][0])).toThrow('more than 1 images');
   });
 });
