@@ -174,7 +174,7 @@ export class ImageAssembler {
 
   constructor(
     private readonly maxBytes: number,
-    private readonly maxImages = LIMITS.images,
+    private readonly maxImages: number = LIMITS.images,
   ) {}
 
   add(chunk: ImageChunk): void {

@@ -30,8 +30,6 @@ import { MAX_IMAGE_BYTES } from '../common/limits.ts';
 
 /** Seconds a GetInfo call may take before the stage counts as unreachable. */
 const INFO_DEADLINE_SECONDS = 5;
-/** Bounds on what a stage may send back (a misbehaving replica cannot make the gateway allocate without limit). */
-const MAX_TENSOR_BYTES = 2 ** 31 - 1;
 
 /** Stage info fetched once per gateway (every replica of a stage serves the same model). */
 abstract class RemoteStage<C extends grpc.Client, I> {
@@ -105,8 +103,10 @@ export class RemoteTextEncoder extends RemoteStage<TextEncoderClient, TextEncode
 
   async encode(request: EncodeRequest, ctx: StageContext = {}): Promise<EncodeResult> {
     return this.onSomeReplica(async (client, answered) => {
-      const embeds = new TensorAssembler({ field: 'prompt_embeds', type: 'float32', rank: 3, maxBytes: MAX_TENSOR_BYTES });
-      const mask = new TensorAssembler({ field: 'prompt_attention_mask', type: 'int64', rank: 2, maxBytes: MAX_TENSOR_BYTES });
+      // what the request asks for bounds what a replica may send back (a misbehaving one cannot make us allocate more)
+      const rows = request.prompts.length * request.maxSequenceLength;
+      const embeds = new TensorAssembler({ field: 'prompt_embeds', type: 'float32', rank: 3, maxBytes: rows * this.info().hiddenSize * 4 });
+      const mask = new TensorAssembler({ field: 'prompt_attention_mask', type: 'int64', rank: 2, maxBytes: rows * 8 });
       const call = client.encode(
         {
           prompt: request.prompts,
@@ -139,9 +139,11 @@ export class RemoteDenoiser extends RemoteStage<DenoiserClient, DenoiserInfo> im
 
   async denoise(request: StageDenoiseRequest, ctx: DenoiseContext = {}): Promise<HostTensor<Float32Array>> {
     return this.onSomeReplica(async (client, answered) => {
-      const previewAssembler = () => new TensorAssembler({ field: 'preview', type: 'float32', rank: 4, maxBytes: MAX_TENSOR_BYTES });
+      // previews and the result have the shape of the latents sent
+      const maxBytes = request.latents.data.byteLength;
+      const previewAssembler = () => new TensorAssembler({ field: 'preview', type: 'float32', rank: 4, maxBytes });
       let preview = previewAssembler();
-      const latents = new TensorAssembler({ field: 'latents', type: 'float32', rank: 4, maxBytes: MAX_TENSOR_BYTES });
+      const latents = new TensorAssembler({ field: 'latents', type: 'float32', rank: 4, maxBytes });
       const call = client.denoise(requestMetadata(ctx.requestId));
       const received = readResponses(
         call,
