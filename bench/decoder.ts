@@ -16,7 +16,7 @@ import { DEFAULT_TILING, needsTiling, tileGrid, type TilingOptions } from '../se
 import { tensor } from '../services/common/tensor.ts';
 import { Xorshift } from '../services/common/random-checkpoint.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
-import { measureMatmulPeakGflops, median, peakRssGiB, printTable } from './util.ts';
+import { measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
 
 interface Options {
   preset: string;
@@ -61,13 +61,8 @@ async function runRow(opts: Options, vaeDir: string): Promise<void> {
   // untiled: one warm-up then the timed runs; tiled: a single run whose first tile pays the warm-up
   const warmups = tiled ? 0 : 1;
   const timed = tiled ? 1 : Number(opts.repeats);
-  let sample = await (warmups > 0 ? decoder.decodeSample(z) : Promise.resolve(undefined));
-  const seconds: number[] = [];
-  for (let i = 0; i < timed; i++) {
-    const t0 = performance.now();
-    sample = await decoder.decodeSample(z);
-    seconds.push((performance.now() - t0) / 1000);
-  }
+  let sample: Awaited<ReturnType<typeof decoder.decodeSample>> | undefined;
+  const seconds = await timeRuns(async () => (sample = await decoder.decodeSample(z)), timed, warmups);
   const t0 = performance.now();
   const [, ch, H, W] = sample!.dims;
   toUint8({ data: sample!.data, channels: ch, height: H, width: W });
