@@ -1,0 +1,129 @@
+// The W8A8 INT8 recipe, in one place for every backend that runs it: the ONNX Runtime CPU graphs (denoiser,
+// text encoder) and the CUDA kernels of kernels/ (their TypeScript loader hands the addon the int8 weights and
+// scales this module computes, so both backends start from the same bytes).
+//
+// As in the released SANA / SVDQuant (nunchaku) / ViDiT-Q code:
+//   weights      symmetric int8, one scale per output channel: s_w[o] = max_i |W[o,i]| / 127, q = round(W / s_w)
+//                (round half to even, clamped to [-127, 127]); quantized once, at compile time.
+//   activations  dynamic, computed at run time from the tensor itself:
+//                  GPU  symmetric int8 per token (row): s_x[t] = max_i |X[t,i]| / 127
+//                  CPU  ONNX Runtime's fast path is uint8 × int8 (DynamicQuantizeLinear + MatMulInteger, fused to
+//                       com.microsoft DynamicQuantizeMatMul): asymmetric uint8, per tensor; see
+//                       `cpuActivationGranularity` and the quality report for its measured error.
+//   GEMM         int32 accumulation, then an fp32 epilogue: y[t,o] = acc[t,o] · s_x[t] · s_w[o] + bias[o] (+ the
+//                layer's fused tail: gate × residual add, ReLU + linear-attention state, GLU).
+//   smoothing    optional SmoothQuant: per input channel i, f[i] = max|X[:,i]|^α / max|W[:,i]|^(1-α) from calibration
+//                statistics; X / f is folded into the op that produces X (norm + modulation), W · f into the weights.
+//
+// Quantized layers (checkpoint key suffixes); everything else stays in high precision: patch embedding, timestep and
+// caption embeddings, adaLN tables, norms, the final projection, the cross-attention K/V over the caption, the
+// depthwise conv, the linear-attention KV state and the cross-attention softmax (fp32).
+
+export const PRECISIONS = ['fp32', 'int8'] as const;
+export type Precision = (typeof PRECISIONS)[number];
+
+export const INT8_MAX = 127;
+
+/** Linear-DiT (SanaTransformer2DModel) block layers that run W8A8, relative to `transformer_blocks.{i}.`. */
+export const DIT_INT8_LAYERS = [
+  'attn1.to_q',
+  'attn1.to_k',
+  'attn1.to_v',
+  'attn1.to_out.0',
+  'attn2.to_q',
+  'attn2.to_out.0',
+  'ff.conv_inverted',
+  'ff.conv_point',
+] as const;
+
+/** Gemma-2 decoder layer linears that run W8A8, relative to `layers.{i}.`. */
+export const GEMMA2_INT8_LAYERS = [
+  'self_attn.q_proj',
+  'self_attn.k_proj',
+  'self_attn.v_proj',
+  'self_attn.o_proj',
+  'mlp.gate_proj',
+  'mlp.up_proj',
+  'mlp.down_proj',
+] as const;
+
+export type ActivationGranularity = 'per-token' | 'per-tensor';
+
+export interface Int8Options {
+  /** SmoothQuant migration strength α in [0, 1]; null switches smoothing off. */
+  smoothAlpha: number | null;
+}
+
+export const DEFAULT_INT8_OPTIONS: Int8Options = { smoothAlpha: null };
+
+/** Round half to even, as torch.round, CUDA's __float2int_rn and ONNX QuantizeLinear do. */
+export function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+function quantizeValue(v: number, scale: number): number {
+  if (scale === 0) return 0;
+  return Math.max(-INT8_MAX, Math.min(INT8_MAX, roundHalfEven(v / scale)));
+}
+
+export interface QuantizedMatrix {
+  /** [rows, cols] row-major int8 values. */
+  values: Int8Array;
+  /** One scale per row (output channel of a weight, token of an activation). */
+  scales: Float32Array;
+  rows: number;
+  cols: number;
+}
+
+/** Symmetric int8 with one scale per row of a row-major [rows, cols] matrix (weights: [out, in]). */
+export function quantizeRows(m: Float32Array, rows: number, cols: number): QuantizedMatrix {
+  if (m.length !== rows * cols) throw new Error(`quantizeRows: ${m.length} values is not ${rows}×${cols}`);
+  const values = new Int8Array(rows * cols);
+  const scales = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let absMax = 0;
+    for (let c = 0; c < cols; c++) absMax = Math.max(absMax, Math.abs(m[r * cols + c]!));
+    const scale = Math.fround(absMax / INT8_MAX);
+    scales[r] = scale;
+    for (let c = 0; c < cols; c++) values[r * cols + c] = quantizeValue(m[r * cols + c]!, scale);
+  }
+  return { values, scales, rows, cols };
+}
+
+/** The weight half of the recipe: W [out, in] → int8 with per-output-channel scales. */
+export const quantizeWeight = quantizeRows;
+
+/** The GPU activation half: X [tokens, in] → int8 with per-token scales. */
+export const quantizeActivationPerToken = quantizeRows;
+
+/**
+ * SmoothQuant factors per input channel from calibration maxima: f[i] = max|X_i|^α / max|W_i|^(1-α), with channels
+ * that never fire (or weights that are zero) left at 1. Dividing X by f and multiplying W's column i by f leaves X·Wᵀ
+ * unchanged in exact arithmetic and moves activation outliers into the weights.
+ */
+export function smoothingFactors(activationAbsMax: Float32Array, weightAbsMaxPerInput: Float32Array, alpha: number): Float32Array {
+  if (activationAbsMax.length !== weightAbsMaxPerInput.length) throw new Error('smoothingFactors: channel counts differ');
+  if (!(alpha >= 0 && alpha <= 1)) throw new Error(`smoothingFactors: alpha must be in [0, 1], got ${alpha}`);
+  const f = new Float32Array(activationAbsMax.length);
+  for (let i = 0; i < f.length; i++) {
+    const a = activationAbsMax[i]!;
+    const w = weightAbsMaxPerInput[i]!;
+    f[i] = a > 0 && w > 0 ? Math.max(1e-5, Math.fround(a ** alpha / w ** (1 - alpha))) : 1;
+  }
+  return f;
+}
+
+/** Reference W8A8 GEMM (per-token × per-channel): y = (Xq · Wqᵀ) · s_x[t] · s_w[o] + bias, int32 accumulation. */
+export function referenceW8A8(x: QuantizedMatrix, w: QuantizedMatrix, bias?: Float32Array): Float32Array {
+  if (x.cols !== w.cols) throw new Error(`referenceW8A8: inner sizes ${x.cols} and ${w.cols} differ`);
+  const y = new Float32Array(x.rows * w.rows);
+  for (let t = 0; t < x.rows; t++) {
+    for (let o = 0; o < w.rows; o++) {
+      let acc = 0;
+      for (let i = 0; i < x.cols; i++) acc += x.values[t * x.cols + i]! * w.values[o * w.cols + i]!;
+      y[t * w.rows + o] = Math.fround(Math.fround(acc * x.scales[t]! * w.scales[o]!) + (bias ? bias[o]! : 0));
+    }
+  }
+  return y;
+}
