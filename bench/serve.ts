@@ -12,7 +12,7 @@ import { Command } from 'commander';
 import { GenerationClient, type GenerateRequest } from '../services/common/gen/sana/v1/generation.ts';
 import { warmUpDecoder } from '../services/decoder/server.ts';
 import { warmUpDenoiser } from '../services/denoiser/server.ts';
-import { generate, loadLocalStages, type LocalStages } from '../services/gateway/pipeline.ts';
+import { generate, loadLocalStages, type LocalStages } from '../services/common/pipeline.ts';
 import { warmUpTextEncoder } from '../services/text-encoder/server.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
 import { median, printTable } from './util.ts';

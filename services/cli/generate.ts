@@ -8,7 +8,7 @@ import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
 import { generateRemote } from '../gateway/client.ts';
-import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
+import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../common/pipeline.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
 
 /** The embedded default: a tiny random-weight pipeline, written once into the cache folder. */

@@ -1,5 +1,5 @@
 // The three pipeline stages as plain async interfaces. The in-process pipeline implements them with local
-// models; the gateway implements them with gRPC clients. One orchestration (services/gateway/pipeline.ts)
+// models; the gateway implements them with gRPC clients. One orchestration (services/common/pipeline.ts)
 // drives either, so every process layout computes the same image.
 import type { HostTensor } from './tensor.ts';
 

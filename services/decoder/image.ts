@@ -5,7 +5,7 @@
 // equal the reference's for the same float input.
 import sharp from 'sharp';
 import type { ImageFormat } from '../common/stages.ts';
-import { resizeBackGeometry } from '../gateway/resolution-bins.ts';
+import { resizeBackGeometry } from '../common/resolution-bins.ts';
 
 const f = Math.fround;
 

@@ -5,7 +5,7 @@ import { CHANNEL_OPTIONS, readResponses } from '../common/grpc-client.ts';
 import { MAX_IMAGE_BYTES } from '../common/limits.ts';
 import { GenerationClient, Stage, type GenerateRequest, type GenerateSummary } from '../common/gen/sana/v1/generation.ts';
 import { ImageAssembler, toProtoFormat } from '../common/tensor-chunks.ts';
-import type { GenerateArgs, GenerateContext, GenerateResult } from './pipeline.ts';
+import type { GenerateArgs, GenerateContext, GenerateResult } from '../common/pipeline.ts';
 
 /** The request for the pipeline's arguments (the inverse of the gateway's toGenerateArgs). */
 export function toGenerateRequest(args: GenerateArgs): GenerateRequest {

@@ -13,7 +13,7 @@ import type { ServiceHost } from '../common/grpc-server.ts';
 import { Status, StatusError } from '../common/grpc-status.ts';
 import { fromProtoFormat, imageChunks, tensorChunks } from '../common/tensor-chunks.ts';
 import { LIMITS } from '../common/limits.ts';
-import { generate, validateGenerateArgs, type GenerateArgs, type PipelineStages } from './pipeline.ts';
+import { generate, validateGenerateArgs, type GenerateArgs, type PipelineStages } from '../common/pipeline.ts';
 
 export const GENERATION_SERVICE = 'sana.v1.Generation';
 

@@ -16,7 +16,7 @@ import { bringUp, StageSlot } from '../../services/common/stage-slot.ts';
 import type { DenoiserStage } from '../../services/common/stages.ts';
 import { addDenoiserService, warmUpDenoiser } from '../../services/denoiser/server.ts';
 import { LocalDenoiser } from '../../services/denoiser/stage.ts';
-import { generate, loadLocalStages, type PipelineStages } from '../../services/gateway/pipeline.ts';
+import { generate, loadLocalStages, type PipelineStages } from '../../services/common/pipeline.ts';
 import { RemoteStages } from '../../services/gateway/remote-stages.ts';
 import { addGenerationService } from '../../services/gateway/server.ts';
 import { callGenerate, healthStatus, listServices } from '../helpers/grpc.ts';

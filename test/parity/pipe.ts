@@ -6,7 +6,7 @@ import { LocalDecoder } from '../../services/decoder/stage.ts';
 import { LocalDenoiser } from '../../services/denoiser/stage.ts';
 import type { EncodeResult, StepEvent } from '../../services/common/stages.ts';
 import { tensor } from '../../services/common/tensor.ts';
-import { closingOnError, generate } from '../../services/gateway/pipeline.ts';
+import { closingOnError, generate } from '../../services/common/pipeline.ts';
 import { LocalTextEncoder } from '../../services/text-encoder/stage.ts';
 import type { TextTokenizer } from '../../services/text-encoder/tokenizer.ts';
 import { type Golden, maxAbsErr, maxRelErr } from './golden.ts';

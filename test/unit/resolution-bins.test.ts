@@ -14,7 +14,7 @@ import {
   binForSampleSize,
   classifyHeightWidthBin,
   resizeBackGeometry,
-} from '../../services/gateway/resolution-bins.ts';
+} from '../../services/common/resolution-bins.ts';
 
 interface ReferenceCase {
   table: string;

@@ -4,7 +4,7 @@
 // the decoded image is scaled (bilinear, align_corners=False, no antialiasing) so that it covers the
 // requested size, then centre-cropped to it. The pixel resampling belongs to the decoder; this file gives
 // the sizes and the crop box.
-import { InvalidArgumentError } from '../common/errors.ts';
+import { InvalidArgumentError } from './errors.ts';
 
 /** One bin: the aspect ratio key as the reference writes it (height / width, rounded) and the bin's size. */
 export interface AspectRatioBin {

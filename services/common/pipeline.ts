@@ -7,9 +7,9 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { InvalidArgumentError } from '../common/errors.ts';
-import { FORMATS, intInRange, LIMITS } from '../common/limits.ts';
-import type { SessionOptions } from '../common/ort-session.ts';
+import { InvalidArgumentError } from './errors.ts';
+import { FORMATS, intInRange, LIMITS } from './limits.ts';
+import type { SessionOptions } from './ort-session.ts';
 import type {
   DecodedImage,
   DecoderStage,
@@ -17,9 +17,9 @@ import type {
   ImageFormat,
   StepEvent,
   TextEncoderStage,
-} from '../common/stages.ts';
-import { concatRows, type HostTensor, tensor } from '../common/tensor.ts';
-import { torchRandn } from '../common/torch-randn.ts';
+} from './stages.ts';
+import { concatRows, type HostTensor, tensor } from './tensor.ts';
+import { torchRandn } from './torch-randn.ts';
 import { LocalDecoder } from '../decoder/stage.ts';
 import { LocalDenoiser } from '../denoiser/stage.ts';
 import { LocalTextEncoder } from '../text-encoder/stage.ts';
