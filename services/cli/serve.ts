@@ -15,7 +15,7 @@ import { addDecoderService, warmUpDecoder } from '../decoder/server.ts';
 import { LocalDecoder } from '../decoder/stage.ts';
 import { addDenoiserService, warmUpDenoiser } from '../denoiser/server.ts';
 import { LocalDenoiser } from '../denoiser/stage.ts';
-import { checkModelDir } from '../common/pipeline.ts';
+import { checkModelDir } from './local-stages.ts';
 import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
 import { addGenerationService, connectInBackground } from '../gateway/server.ts';
 import { addTextEncoderService, warmUpTextEncoder } from '../text-encoder/server.ts';

@@ -5,11 +5,8 @@
 //   negative  ─ Gemma-2 ───────► embeds [B,L,H] ┼─► CFG denoising (Flow-DPM-Solver) ─► latents ─► DC-AE ─► images
 //   seed ─ torch.randn ────────► noise [B,C,h,w]┘
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import { InvalidArgumentError } from './errors.ts';
 import { FORMATS, intInRange, LIMITS } from './limits.ts';
-import type { SessionOptions } from './ort-session.ts';
 import type {
   DecodedImage,
   DecoderStage,
@@ -20,60 +17,12 @@ import type {
 } from './stages.ts';
 import { concatRows, type HostTensor, tensor } from './tensor.ts';
 import { torchRandn } from './torch-randn.ts';
-import { LocalDecoder } from '../decoder/stage.ts';
-import { LocalDenoiser } from '../denoiser/stage.ts';
-import { LocalTextEncoder } from '../text-encoder/stage.ts';
 import { binForSampleSize, classifyHeightWidthBin } from './resolution-bins.ts';
 
 export interface PipelineStages {
   textEncoder: TextEncoderStage;
   denoiser: DenoiserStage;
   decoder: DecoderStage;
-}
-
-export interface LocalStages extends PipelineStages {
-  textEncoder: LocalTextEncoder;
-  denoiser: LocalDenoiser;
-  decoder: LocalDecoder;
-  close(): Promise<void>;
-}
-
-const COMPONENTS = ['transformer', 'vae', 'text_encoder', 'tokenizer', 'scheduler'] as const;
-
-/** Checks that a folder is a diffusers SANA pipeline checkpoint, naming what is missing. */
-export function checkModelDir(modelDir: string): void {
-  if (!fs.existsSync(modelDir) || !fs.statSync(modelDir).isDirectory()) {
-    throw new InvalidArgumentError('model', `no such folder: ${modelDir}`);
-  }
-  const missing = COMPONENTS.filter((c) => !fs.existsSync(path.join(modelDir, c)));
-  if (missing.length > 0) {
-    throw new InvalidArgumentError('model', `${modelDir} is not a SANA diffusers checkpoint: missing ${missing.map((m) => `${m}/`).join(', ')}`);
-  }
-}
-
-/** The three stages in this process, from a pipeline checkpoint folder. */
-export async function loadLocalStages(modelDir: string, options: SessionOptions = {}): Promise<LocalStages> {
-  checkModelDir(modelDir);
-  // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
-  const textEncoder = await LocalTextEncoder.load(modelDir, options);
-  const denoiser = await LocalDenoiser.load(modelDir, options).catch(closingOnError([textEncoder]));
-  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), options).catch(closingOnError([textEncoder, denoiser]));
-  return {
-    textEncoder,
-    denoiser,
-    decoder,
-    async close() {
-      await Promise.all([textEncoder.close(), denoiser.close(), decoder.close()]);
-    },
-  };
-}
-
-/** A catch handler that closes what was already loaded, then rethrows. */
-export function closingOnError(loaded: { close(): Promise<void> }[]): (e: unknown) => Promise<never> {
-  return async (e) => {
-    await Promise.all(loaded.map((stage) => stage.close()));
-    throw e;
-  };
 }
 
 /** SanaPipeline's arguments (camelCase), with its defaults. */

@@ -1,0 +1,56 @@
+// The composition root's stage assembly: the three stages loaded into this process from a pipeline checkpoint
+// folder (`sana generate` without --server, `sana serve <stage|all>`, tests and benchmarks). Only the CLI side
+// imports the stage folders, so the gateway process never loads ONNX Runtime, the tokenizer or sharp.
+import fs from 'node:fs';
+import path from 'node:path';
+import { InvalidArgumentError } from '../common/errors.ts';
+import type { SessionOptions } from '../common/ort-session.ts';
+import type { PipelineStages } from '../common/pipeline.ts';
+import { LocalDecoder } from '../decoder/stage.ts';
+import { LocalDenoiser } from '../denoiser/stage.ts';
+import { LocalTextEncoder } from '../text-encoder/stage.ts';
+
+export interface LocalStages extends PipelineStages {
+  textEncoder: LocalTextEncoder;
+  denoiser: LocalDenoiser;
+  decoder: LocalDecoder;
+  close(): Promise<void>;
+}
+
+const COMPONENTS = ['transformer', 'vae', 'text_encoder', 'tokenizer', 'scheduler'] as const;
+
+/** Checks that a folder is a diffusers SANA pipeline checkpoint, naming what is missing. */
+export function checkModelDir(modelDir: string): void {
+  if (!fs.existsSync(modelDir) || !fs.statSync(modelDir).isDirectory()) {
+    throw new InvalidArgumentError('model', `no such folder: ${modelDir}`);
+  }
+  const missing = COMPONENTS.filter((c) => !fs.existsSync(path.join(modelDir, c)));
+  if (missing.length > 0) {
+    throw new InvalidArgumentError('model', `${modelDir} is not a SANA diffusers checkpoint: missing ${missing.map((m) => `${m}/`).join(', ')}`);
+  }
+}
+
+/** The three stages in this process, from a pipeline checkpoint folder. */
+export async function loadLocalStages(modelDir: string, options: SessionOptions = {}): Promise<LocalStages> {
+  checkModelDir(modelDir);
+  // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
+  const textEncoder = await LocalTextEncoder.load(modelDir, options);
+  const denoiser = await LocalDenoiser.load(modelDir, options).catch(closingOnError([textEncoder]));
+  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), options).catch(closingOnError([textEncoder, denoiser]));
+  return {
+    textEncoder,
+    denoiser,
+    decoder,
+    async close() {
+      await Promise.all([textEncoder.close(), denoiser.close(), decoder.close()]);
+    },
+  };
+}
+
+/** A catch handler that closes what was already loaded, then rethrows. */
+export function closingOnError(loaded: { close(): Promise<void> }[]): (e: unknown) => Promise<never> {
+  return async (e) => {
+    await Promise.all(loaded.map((stage) => stage.close()));
+    throw e;
+  };
+}
