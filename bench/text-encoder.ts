@@ -8,7 +8,8 @@ import { cacheRoot } from '../services/common/compile-cache.ts';
 import { tensor } from '../services/common/tensor.ts';
 import { Gemma2Model, gemma2ForwardFlops } from '../services/text-encoder/gemma2.ts';
 import { LocalTextEncoder } from '../services/text-encoder/stage.ts';
-import { HfTokenizer, writeTestTokenizer } from '../services/text-encoder/tokenizer.ts';
+import { writeTestTokenizer } from '../services/common/random-tokenizer.ts';
+import { HfTokenizer } from '../services/text-encoder/tokenizer.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
 import { measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
 

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { cacheRoot } from '../common/compile-cache.ts';
 import { writeComponent, type WriteOptions } from '../common/random-checkpoint.ts';
 import { PRESETS } from './presets.ts';
-import { writeTestTokenizer } from '../text-encoder/tokenizer.ts';
+import { writeTestTokenizer } from '../common/random-tokenizer.ts';
 
 export function writeRandomCheckpoint(presetName: string, outDir: string, options: WriteOptions = {}): string[] {
   const preset = PRESETS[presetName];

@@ -13,7 +13,8 @@ import {
   preprocessPrompt,
   selectIndex,
 } from '../../services/text-encoder/prompt.ts';
-import { HfTokenizer, writeTestTokenizer } from '../../services/text-encoder/tokenizer.ts';
+import { writeTestTokenizer } from '../../services/common/random-tokenizer.ts';
+import { HfTokenizer } from '../../services/text-encoder/tokenizer.ts';
 import { Golden } from '../parity/golden.ts';
 import { tempDir } from '../helpers/tmp.ts';
 

@@ -4,7 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { ConfigError } from '../../services/common/config.ts';
-import { HfTokenizer, writeTestTokenizer } from '../../services/text-encoder/tokenizer.ts';
+import { writeTestTokenizer } from '../../services/common/random-tokenizer.ts';
+import { HfTokenizer } from '../../services/text-encoder/tokenizer.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
 const root = tempDir('tokenizer');
