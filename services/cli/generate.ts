@@ -9,7 +9,6 @@ import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
 import { generateRemote } from '../gateway/client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, validateGenerateArgs } from '../common/pipeline.ts';
-import { loadLocalStages } from './local-stages.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
 
 /** The embedded default: a tiny random-weight pipeline, written once into the cache folder. */
@@ -158,6 +157,8 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
     modelDir = defaultModelDir();
   }
   const loadStart = performance.now();
+  // loaded on demand: `sana generate --server` and `sana serve gateway` never load ONNX Runtime, the tokenizer or sharp
+  const { loadLocalStages } = await import('./local-stages.ts');
   const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads) });
   const run: Runner = (args, ctx) => generate(stages, args, ctx);
   run.close = () => stages.close();

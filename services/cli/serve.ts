@@ -11,15 +11,8 @@ import { createRegistry, startMetricsServer, type MetricsServer } from '../commo
 import type { SessionOptions } from '../common/ort-session.ts';
 import { bringUp, StageSlot } from '../common/stage-slot.ts';
 import type { DecoderStage, DenoiserStage, TextEncoderStage } from '../common/stages.ts';
-import { addDecoderService, warmUpDecoder } from '../decoder/server.ts';
-import { LocalDecoder } from '../decoder/stage.ts';
-import { addDenoiserService, warmUpDenoiser } from '../denoiser/server.ts';
-import { LocalDenoiser } from '../denoiser/stage.ts';
-import { checkModelDir } from './local-stages.ts';
 import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
 import { addGenerationService, connectInBackground } from '../gateway/server.ts';
-import { addTextEncoderService, warmUpTextEncoder } from '../text-encoder/server.ts';
-import { LocalTextEncoder } from '../text-encoder/stage.ts';
 import { defaultModelDir } from './generate.ts';
 import { nonNegativeInt, positiveInt } from './args.ts';
 
@@ -74,6 +67,9 @@ interface Closable {
 async function startStage(role: StageRole, config: ServeConfig, host: string, port: number, shared: Shared, admission: AdmissionLimits) {
   if (!config.model) throw new Error(`sana serve ${config.role}: --model (or SANA_MODEL) is required`);
   const modelDir = config.model;
+  // on demand: the gateway role never loads the stage folders (ONNX Runtime, the tokenizer, sharp)
+  const { addTextEncoderService, warmUpTextEncoder, LocalTextEncoder, addDenoiserService, warmUpDenoiser, LocalDenoiser, addDecoderService, warmUpDecoder, LocalDecoder } =
+    await import('./stage-services.ts');
   const service = new ServiceHost({ name: role, host, port, registry: shared.registry, logger: shared.logger?.child({ service: role }), admission, shutdownGraceSeconds: config.shutdownGraceSeconds });
   const session: SessionOptions = config.threads ? { intraOpThreads: config.threads } : {};
   let loading: Promise<Closable> | undefined;
@@ -130,6 +126,7 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       let stageAddresses = config.stages;
       let stagesReady: Promise<unknown> = Promise.resolve();
       if (config.role === 'all') {
+        const { checkModelDir } = await import('./stage-services.ts');
         checkModelDir(config.model ?? ''); // names the missing component folders before anything starts
         // the three stages on loopback ports of this process; the gateway reaches them over gRPC like any other
         const starting = (['text-encoder', 'denoiser', 'decoder'] as const).map((role) => startStage(role, config, '127.0.0.1', 0, shared, limits));
