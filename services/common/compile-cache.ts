@@ -1,5 +1,6 @@
-// On-disk cache of compiled graphs, keyed by checkpoint content + compile options + the builder's own source,
-// so a second start reuses model.onnx + weights.bin instead of rebuilding.
+// On-disk cache of compiled graphs, keyed by checkpoint content + compile options + the source of the builder and
+// of every module it imports (dtype conversion, safetensors reading, checkpoint weights, the graph builder, the
+// INT8 recipe, ...), so a second start reuses model.onnx + weights.bin and a code change never serves a stale one.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -60,15 +61,37 @@ export interface CompileKey {
   inputs: string[];
   /** compile options that change the graph */
   options: Record<string, unknown>;
-  /** source modules (import.meta.url) whose code builds the graph */
+  /** source modules (import.meta.url) whose code builds the graph; the modules they import count too */
   code: string[];
+}
+
+// `import … from './x.ts'`, `export … from '../y.ts'`, `import './z.ts'`: the relative (in-repo) static imports
+const RELATIVE_IMPORT = /^\s*(?:import|export)\b[^;'"]*?['"](\.{1,2}\/[^'"]+)['"]/gm;
+
+/**
+ * The source files of `urls` and of every module they import statically through relative paths, transitively:
+ * everything whose code can shape a compiled graph or its weights. Sorted, so the order of imports is irrelevant.
+ */
+export function codeClosure(urls: string[]): string[] {
+  const seen = new Set<string>();
+  const visit = (file: string) => {
+    if (seen.has(file)) return;
+    seen.add(file);
+    for (const m of fs.readFileSync(file, 'utf8').matchAll(RELATIVE_IMPORT)) {
+      const target = path.resolve(path.dirname(file), m[1]);
+      if (fs.existsSync(target)) visit(target); // a look-alike inside a string is no import
+    }
+  };
+  for (const url of urls) visit(fileURLToPath(url));
+  return [...seen].sort();
 }
 
 export function compileKeyHash(key: CompileKey): string {
   const h = crypto.createHash('sha256');
   h.update(`${key.kind}\n${JSON.stringify(key.options)}\n`);
   for (const file of [...key.inputs].sort()) h.update(`${path.basename(file)}:${contentHash(file)}\n`);
-  for (const url of key.code) h.update(fs.readFileSync(fileURLToPath(url)));
+  const root = fileURLToPath(new URL('../../', import.meta.url));
+  for (const file of codeClosure(key.code)) h.update(`${path.relative(root, file)}\n`).update(fs.readFileSync(file));
   return h.digest('hex').slice(0, 32);
 }
 
