@@ -3,6 +3,7 @@
 // data from a real Prometheus scraping `sana serve all`. Panels for metrics that do not exist yet (GPU utilisation,
 // job states, batch sizes, tiles, images by resolution) are left out until a service exports them.
 import { DashboardBuilder, DatasourceVariableBuilder, QueryVariableBuilder, RowBuilder, VariableRefresh, VariableSort, type Dashboard } from '@grafana/grafana-foundation-sdk/dashboard';
+import { ReduceDataOptionsBuilder } from '@grafana/grafana-foundation-sdk/common';
 import { DataqueryBuilder } from '@grafana/grafana-foundation-sdk/prometheus';
 import { PanelBuilder as StatPanel } from '@grafana/grafana-foundation-sdk/stat';
 import { PanelBuilder as TimeseriesPanel } from '@grafana/grafana-foundation-sdk/timeseries';
@@ -38,6 +39,7 @@ function stat(title: string, description: string, unit: string, query: Query, wi
     .datasource(DATASOURCE)
     .height(4)
     .span(width)
+    .reduceOptions(new ReduceDataOptionsBuilder().calcs(['lastNotNull']).values(false))
     .withTarget(new DataqueryBuilder().expr(query.expr).legendFormat(query.legend).instant().refId('A'));
 }
 
