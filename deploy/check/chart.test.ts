@@ -9,7 +9,7 @@ import { Ajv } from 'ajv';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildDashboards, DASHBOARD_DIRS, dashboardJson } from '../grafana/dashboards.ts';
-import { CHART_DIR, chartRenderer, effectiveValues, NAMESPACE, parseManifests, promtoolCheckRules, ROOT, type K8sObject, type Renderer, type Values } from './chart.ts';
+import { CHART_DIR, chartRenderer, effectiveValues, NAMESPACE, parseManifests, promtoolCheckRules, ROOT, undocumentedValues, type K8sObject, type Renderer, type Values } from './chart.ts';
 import { validateObject } from './models.ts';
 
 const VALUE_SETS: Record<string, string[]> = {
@@ -84,6 +84,11 @@ describe('values.schema.json', () => {
   const schema = JSON.parse(fs.readFileSync(path.join(CHART_DIR, 'values.schema.json'), 'utf8'));
   const validate = new Ajv({ allErrors: true, strict: false }).compile(schema);
   const errors = (values: Values) => (validate(values) ? [] : validate.errors!.map((e) => `${e.instancePath} ${e.message}`));
+
+  it('values.yaml documents every key', () => {
+    expect(undocumentedValues(fs.readFileSync(path.join(CHART_DIR, 'values.yaml'), 'utf8'))).toEqual([]);
+    expect(undocumentedValues('# -- documented\na: 1\nb:\n  # -- documented\n  c: 2\n  d: 3\n')).toEqual(['b.d']);
+  });
 
   it.each(Object.entries(VALUE_SETS))('accepts the %s values', (_name, files) => {
     expect(errors(effectiveValues(files))).toEqual([]);

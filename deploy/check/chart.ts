@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseAllDocuments, parse as parseYaml } from 'yaml';
+import { isMap as isYamlMap, parseAllDocuments, parseDocument, parse as parseYaml, type Pair } from 'yaml';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
 export const CHART_DIR = path.join(ROOT, 'helm/sana');
@@ -121,4 +121,25 @@ export function promtoolCheckRules(file: string): string {
   const report = `${result.stdout}${result.stderr}`;
   if (result.status !== 0) throw new Error(`promtool check rules ${file} failed:\n${report}`);
   return report;
+}
+
+/**
+ * Keys of a values.yaml that no "# --" comment documents (helm-docs style): a comment right above a key documents
+ * it and everything under it. A nested map's first comment belongs to the map node in the YAML tree.
+ */
+export function undocumentedValues(text: string): string[] {
+  const doc = parseDocument(text);
+  const missing: string[] = [];
+  const walk = (node: unknown, prefix: string, documented: boolean, leading: string) => {
+    if (!isYamlMap(node)) return;
+    for (const [index, item] of (node.items as Pair[]).entries()) {
+      const key = String((item.key as { value: unknown }).value);
+      const comment = (item.key as { commentBefore?: string }).commentBefore ?? (index === 0 ? leading : '');
+      const here = documented || /^ ?--/m.test(comment);
+      if (isYamlMap(item.value) && item.value.items.length > 0 && !item.value.flow) walk(item.value, `${prefix}${key}.`, here, item.value.commentBefore ?? '');
+      else if (!here) missing.push(prefix + key);
+    }
+  };
+  walk(doc.contents, '', false, doc.commentBefore ?? '');
+  return missing;
 }
