@@ -125,7 +125,8 @@ beforeAll(async () => {
   await waitFor('Prometheus ready', async () => ((await fetch(`${prometheusUrl}/-/ready`)).ok ? true : undefined));
 
   // traffic: a repeated prompt (embedding cache hits), two formats, several images, and requests the gateway
-  // rejects before and after them (so the error counters rise between scrapes and the error panels have data)
+  // rejects before and after them; a scrape between calls, so every counter and histogram rises between two
+  // scrapes and its rate (and quantiles) have a value
   const calls = [
     { prompt: ['a red fox in fresh snow'], seed: 1n, numInferenceSteps: 3 },
     { prompt: ['a red fox in fresh snow'], seed: 2n, numInferenceSteps: 3 },
@@ -137,6 +138,7 @@ beforeAll(async () => {
   for (const request of calls) {
     const result = await callGenerate(serving.address, request);
     expect(result.code, result.details).toBe(grpc.status.OK);
+    await scrapes(1);
   }
   await rejected();
   exported = exportedNames(await (await fetch(`http://127.0.0.1:${serving.metricsPort}/metrics`)).text());

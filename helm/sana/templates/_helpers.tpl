@@ -213,8 +213,7 @@ spec:
           containerPort: {{ $v.metricsPort }}
           protocol: TCP
       {{- if $serves }}
-      # NOT_SERVING until the model is loaded and warmed up: the startup probe allows for that, readiness then
-      # takes the pod out of the round robin while it drains or is overloaded
+      # NOT_SERVING until the model is loaded and warmed up (the startup probe allows for that) and while draining
       startupProbe:
         {{- include "sana.probe" (dict "root" $root "port" $v.port) | trim | nindent 8 }}
         periodSeconds: 10
