@@ -34,7 +34,7 @@ async function sana(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code
 beforeAll(async () => {
   writeRandomCheckpoint('tiny', modelDir);
   child = spawn(process.execPath, [path.join(ROOT, 'services/cli/bin.js'), 'serve', 'all', '--model', modelDir, '--port', '0', '--metrics-port', '0'], {
-    env: { ...process.env, SANA_LOG_LEVEL: 'silent', SANA_AUTH_TOKEN: TOKEN, SANA_MAX_IN_FLIGHT: '3' },
+    env: { ...process.env, SANA_LOG_LEVEL: 'silent', SANA_AUTH_TOKEN: TOKEN, SANA_MAX_IN_FLIGHT: '3', SANA_TILE_SIZE: '512', SANA_TILE_OVERLAP: '64' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   address = await new Promise<string>((resolve, reject) => {
@@ -57,6 +57,7 @@ describe('sana serve all (separate process)', () => {
     expect(stderr).toMatch(/gateway\s+127\.0\.0\.1:\d+ \(in flight ≤ 3, queue ≤ 32\)/);
     expect(stderr).toMatch(/denoiser\s+127\.0\.0\.1:\d+/);
     expect(stderr).toMatch(/auth\s+bearer token required/);
+    expect(stderr).toMatch(/tiling\s+512 px tiles overlapping by 64 px/);
     expect(stderr).not.toContain(TOKEN);
   });
 
