@@ -45,8 +45,8 @@ describe('sana generate', () => {
   });
 
   test('--tile-size and --no-tiling reach the decoder: tiled seams are blended, untiled is the whole decode', async () => {
-    // decoded at 1024 px (no binning to the tiny model's 512 px bins), so 512 px tiles overlap
-    const args = ['generate', 'a harbour at dusk', '--seed', '1', '--steps', '1', '--width', '1024', '--height', '1024', '--no-binning'];
+    // decoded at 768 px (no binning to the tiny model's 512 px bins), so 512 px tiles overlap
+    const args = ['generate', 'a harbour at dusk', '--seed', '1', '--steps', '1', '--width', '768', '--height', '768', '--no-binning'];
     const tiled = await sana(...args, '--tile-size', '512', '--tile-overlap', '64', '--out', path.join(root, 'tiled.png'));
     const whole = await sana(...args, '--no-tiling', '--out', path.join(root, 'whole.png'));
     expect([tiled.code, whole.code]).toEqual([0, 0]);
