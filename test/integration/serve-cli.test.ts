@@ -87,7 +87,8 @@ describe('sana serve all (separate process)', () => {
     expect(remote.code, remote.stderr).toBe(0);
     expect(remote.stdout).toMatch(/^seed 11, 96×64, 3 steps$/m);
     expect(remote.stdout).toMatch(/^denoise\s+\d+\.\d+ s$/m);
-    const local = await sana([...args, '--model', modelDir, '--out', path.join(root, 'local.png')]);
+    // the server tiles by SANA_TILE_SIZE=512 (this 96×64 request decodes at its 608-px-wide bin): the same here
+    const local = await sana([...args, '--model', modelDir, '--tile-size', '512', '--tile-overlap', '64', '--out', path.join(root, 'local.png')]);
     expect(local.code, local.stderr).toBe(0);
     expect(fs.readFileSync(path.join(root, 'remote.png')).equals(fs.readFileSync(path.join(root, 'local.png')))).toBe(true);
 
