@@ -45,15 +45,28 @@ export function cachedRandomCheckpoint(presetName: string): string {
     console.error(`writing the random checkpoint ${presetName} to ${dir} (once) ...`);
     writeRandomCheckpoint(presetName, staging);
     fs.writeFileSync(path.join(staging, '.complete'), new Date().toISOString());
-    if (!fs.existsSync(done)) {
-      fs.rmSync(dir, { recursive: true, force: true }); // an older writer's unfinished folder
-      try {
-        fs.renameSync(staging, dir);
-      } catch {
-        // another process finished first: use its folder
+    try {
+      if (!fs.existsSync(done)) {
+        fs.rmSync(dir, { recursive: true, force: true }); // an older writer's unfinished folder
+        moveIntoPlace(staging, dir, '.complete');
       }
+    } finally {
+      fs.rmSync(staging, { recursive: true, force: true });
     }
-    fs.rmSync(staging, { recursive: true, force: true });
   }
   return dir;
+}
+
+/**
+ * Renames a finished `staging` folder to `dir`. When the rename fails because another process put its own finished
+ * folder (holding `marker`) there first, that one is used; any other failure (permissions, a full disk, a stray
+ * folder in the way) is an error naming both paths.
+ */
+export function moveIntoPlace(staging: string, dir: string, marker: string): void {
+  try {
+    fs.renameSync(staging, dir);
+  } catch (e) {
+    if (!fs.existsSync(path.join(dir, marker))) throw new Error(`cannot move ${staging} to ${dir}: ${(e as Error).message}`, { cause: e });
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
 }

@@ -9,6 +9,7 @@ import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
 import { generateRemote } from '../gateway/client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, validateGenerateArgs } from '../common/pipeline.ts';
+import { tilingFromFlags, tilingOptions } from './args.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
 
 /** The embedded default: a tiny random-weight pipeline, written once into the cache folder. */
@@ -32,6 +33,9 @@ interface GenerateOptions {
   threads?: string;
   server?: string;
   token?: string;
+  tiling: boolean;
+  tileSize?: number;
+  tileOverlap?: number;
 }
 
 /** Parses a numeric flag strictly; the pipeline's validation then names the limit. */
@@ -73,7 +77,12 @@ function formatFromPath(out: string): ImageFormat | undefined {
 }
 
 async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void> {
-  const format = opts.format ?? formatFromPath(opts.out) ?? 'png';
+  const named = formatFromPath(opts.out);
+  if (opts.format && named && opts.format !== named) {
+    // writing WebP bytes into x.png would mislead every viewer that trusts the extension
+    throw new InvalidArgumentError('out', `${opts.out} names a ${named} file but --format is ${opts.format}; change the extension or leave out --format`);
+  }
+  const format = opts.format ?? named ?? 'png';
   const args = {
     prompt,
     negativePrompt: opts.negative,
@@ -159,7 +168,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
   const loadStart = performance.now();
   // loaded on demand: `sana generate --server` and `sana serve gateway` never load ONNX Runtime, the tokenizer or sharp
   const { loadLocalStages } = await import('./local-stages.ts');
-  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads) });
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), tiling: tilingFromFlags(opts) });
   const run: Runner = (args, ctx) => generate(stages, args, ctx);
   run.close = () => stages.close();
   return { run, loadSeconds: (performance.now() - loadStart) / 1000 };
@@ -169,17 +178,20 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
 function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; loadSeconds: number } {
   if (opts.model) throw new InvalidArgumentError('model', 'the server at --server uses its own model; leave out --model');
   if (opts.threads) throw new InvalidArgumentError('threads', 'the server at --server sets its own threads; leave out --threads');
+  if (!opts.tiling || opts.tileSize !== undefined || opts.tileOverlap !== undefined) {
+    throw new InvalidArgumentError('tiling', 'the server at --server decodes with its own tiling (sana serve --tile-size); leave out the tiling flags');
+  }
   const token = opts.token ?? process.env.SANA_AUTH_TOKEN;
   return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
 }
 
 export function registerGenerate(program: Command): void {
-  program
+  const generate = program
     .command('generate')
     .description('generate images from a prompt, in this process or on a gateway (--server)')
     .argument('<prompt>', 'the text prompt')
     .option('--model <dir>', 'SANA pipeline checkpoint folder in the diffusers layout (default: tiny random weights)')
-    .option('--negative <text>', 'negative prompt (default "")')
+    .option('--negative <text>', 'negative prompt, used when --guidance > 1 (default "")')
     .option('--width <px>', 'image width (default: the model\'s trained size)')
     .option('--height <px>', 'image height (default: the model\'s trained size)')
     .option('--steps <n>', 'num_inference_steps (default 20)')
@@ -194,4 +206,5 @@ export function registerGenerate(program: Command): void {
     .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
     .requiredOption('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...)')
     .action(runGenerate);
+  for (const option of tilingOptions()) generate.addOption(option);
 }

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type { PipelineStages } from '../common/pipeline.ts';
-import { LocalDecoder } from '../decoder/stage.ts';
+import { LocalDecoder, type LocalDecoderOptions } from '../decoder/stage.ts';
 import { LocalDenoiser } from '../denoiser/stage.ts';
 import { LocalTextEncoder } from '../text-encoder/stage.ts';
 
@@ -31,12 +31,13 @@ export function checkModelDir(modelDir: string): void {
 }
 
 /** The three stages in this process, from a pipeline checkpoint folder. */
-export async function loadLocalStages(modelDir: string, options: SessionOptions = {}): Promise<LocalStages> {
+export async function loadLocalStages(modelDir: string, options: SessionOptions & Pick<LocalDecoderOptions, 'tiling'> = {}): Promise<LocalStages> {
   checkModelDir(modelDir);
+  const { tiling, ...session } = options;
   // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
-  const textEncoder = await LocalTextEncoder.load(modelDir, options);
-  const denoiser = await LocalDenoiser.load(modelDir, options).catch(closingOnError([textEncoder]));
-  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), options).catch(closingOnError([textEncoder, denoiser]));
+  const textEncoder = await LocalTextEncoder.load(modelDir, session);
+  const denoiser = await LocalDenoiser.load(modelDir, session).catch(closingOnError([textEncoder]));
+  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling }).catch(closingOnError([textEncoder, denoiser]));
   return {
     textEncoder,
     denoiser,

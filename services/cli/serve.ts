@@ -11,10 +11,11 @@ import { createRegistry, startMetricsServer, type MetricsServer } from '../commo
 import type { SessionOptions } from '../common/ort-session.ts';
 import { bringUp, StageSlot } from '../common/stage-slot.ts';
 import type { DecoderStage, DenoiserStage, TextEncoderStage } from '../common/stages.ts';
+import type { TilingOptions } from '../decoder/tiling.ts';
 import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
 import { addGenerationService, connectInBackground } from '../gateway/server.ts';
 import { defaultModelDir } from './generate.ts';
-import { nonNegativeInt, positiveInt } from './args.ts';
+import { describeTiling, nonNegativeInt, positiveInt, tilingFromFlags, tilingOptions } from './args.ts';
 
 export const ROLES = ['text-encoder', 'denoiser', 'decoder', 'gateway', 'all'] as const;
 export type Role = (typeof ROLES)[number];
@@ -45,6 +46,8 @@ export interface ServeConfig {
   authToken?: string;
   /** ONNX Runtime intra-op threads per session (default: all cores) */
   threads?: number;
+  /** the decoder's tiling of large images (default DEFAULT_TILING); false decodes them whole */
+  tiling?: TilingOptions | false;
   shutdownGraceSeconds: number;
 }
 
@@ -94,7 +97,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
       ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, session), warmUpTextEncoder)
       : role === 'denoiser'
         ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, session), warmUpDenoiser)
-        : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), session), warmUpDecoder);
+        : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling: config.tiling }), warmUpDecoder);
   // closing while the model still loads waits for it, so its ONNX Runtime workers do not outlive the service
   return { service, ready, closeModel: async () => (await loading?.catch(() => undefined))?.close?.() };
 }
@@ -225,13 +228,14 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
   if (config.role === 'gateway' || config.role === 'all') row('auth', config.authToken ? 'bearer token required' : 'off');
   row('metrics', serving.metricsPort !== undefined ? `http://${config.metricsHost}:${serving.metricsPort}/metrics` : 'off');
   row('threads', config.threads ?? 'all cores');
+  if (config.role !== 'gateway' && config.tiling !== undefined) row('tiling', describeTiling(config.tiling));
   row('log level', process.env.SANA_LOG_LEVEL ?? 'info');
   row('shutdown grace', `${config.shutdownGraceSeconds} s`);
   return lines;
 }
 
 export function registerServe(program: Command): void {
-  program
+  const serve = program
     .command('serve')
     .description('run the gRPC services: one stage, the gateway, or all four in one process')
     .addArgument(program.createArgument('<role>', `one of ${ROLES.join(', ')}`).choices(ROLES))
@@ -252,7 +256,7 @@ export function registerServe(program: Command): void {
     .action(async (role: Role, opts: {
       model?: string; host?: string; port?: number; metricsHost: string; metricsPort?: number; metrics: boolean;
       textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight: number; maxQueue: number;
-      authToken?: string; threads?: number; shutdownGrace: number;
+      authToken?: string; threads?: number; shutdownGrace: number; tiling: boolean; tileSize?: number; tileOverlap?: number;
     }) => {
       const defaultModel = role !== 'gateway' && !opts.model;
       const config: ServeConfig = {
@@ -268,6 +272,7 @@ export function registerServe(program: Command): void {
         maxQueue: opts.maxQueue,
         authToken: opts.authToken,
         threads: opts.threads,
+        tiling: tilingFromFlags(opts),
         shutdownGraceSeconds: opts.shutdownGrace,
       };
       const serving = await startServe(config);
@@ -294,4 +299,5 @@ export function registerServe(program: Command): void {
       }
       console.error(`sana serve: ready; ${config.role === 'all' || config.role === 'gateway' ? 'Generation' : config.role} serving on ${serving.address}`);
     });
+  for (const option of tilingOptions()) serve.addOption(option);
 }

@@ -36,6 +36,7 @@ export class ServiceMetrics {
   readonly images: Counter<'service' | 'format'>;
   readonly embeddingCacheLookups: Counter<'service' | 'result'>;
   readonly embeddingCacheBytes: Gauge<'service'>;
+  readonly previewsDropped: Counter<'service'>;
   private cacheSeen = { hits: 0, misses: 0 };
 
   constructor(
@@ -128,6 +129,12 @@ export class ServiceMetrics {
     this.embeddingCacheBytes = metric(registry, 'sana_embedding_cache_bytes', () => new Gauge({
       name: 'sana_embedding_cache_bytes',
       help: 'bytes of embeddings the text encoder cache holds',
+      labelNames: ['service'],
+      registers,
+    }));
+    this.previewsDropped = metric(registry, 'sana_previews_dropped_total', () => new Counter({
+      name: 'sana_previews_dropped_total',
+      help: "latent previews skipped because the receiving stream was full (the step's progress event is still sent)",
       labelNames: ['service'],
       registers,
     }));

@@ -68,7 +68,7 @@ export class OrtSession {
   }
 
   static async create(modelPath: string, options: SessionOptions = {}): Promise<OrtSession> {
-    const resolved = { ...options, intraOpThreads: options.intraOpThreads ?? os.availableParallelism() };
+    const resolved = { ...options, intraOpThreads: options.intraOpThreads ?? defaultThreads() };
     const worker = spawnWorker(new URL('./ort-worker.ts', import.meta.url), { modelPath, options: resolved });
     const listeners: { event: string; fn: (...args: any[]) => void }[] = [];
     const ready = await new Promise<Extract<WorkerReply, { kind: 'ready' }>>((resolve, reject) => {
@@ -105,4 +105,13 @@ export class OrtSession {
       });
     });
   }
+}
+
+/** Intra-op threads when the caller names none: SANA_THREADS (the tests set 1), else every core this process may use. */
+function defaultThreads(): number {
+  const env = process.env.SANA_THREADS;
+  if (env === undefined || env === '') return os.availableParallelism();
+  const n = Number(env);
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`SANA_THREADS must be a positive integer, got "${env}"`);
+  return n;
 }

@@ -68,8 +68,10 @@ export function addDenoiserService(host: ServiceHost, slot: StageSlot<DenoiserSt
             onStep: (event) => {
               host.metrics.denoiserSteps.inc({ service });
               host.metrics.denoiserStepSeconds.observe({ service }, event.seconds);
-              // previews are optional: skipped while the client is not keeping up
-              if (event.latents) out.offer([...tensorChunks(event.latents)].map((value) => ({ output: { $case: 'preview' as const, value } })));
+              // previews are optional: skipped (and counted) while the client is not keeping up; steps never wait for them
+              if (event.latents && !out.offer([...tensorChunks(event.latents)].map((value) => ({ output: { $case: 'preview' as const, value } })))) {
+                host.metrics.previewsDropped.inc({ service });
+              }
               out.push({ output: { $case: 'step', value: { step: event.step, numInferenceSteps: event.total, timestep: event.timestep, seconds: event.seconds } } });
             },
           },

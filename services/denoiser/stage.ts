@@ -67,6 +67,10 @@ export class LocalDenoiser implements DenoiserStage {
       if (req.negativeEmbeds!.dims[1] !== req.promptEmbeds.dims[1]) {
         throw new InvalidArgumentError('negative_prompt_embeds', `length ${req.negativeEmbeds!.dims[1]} differs from the prompt's ${req.promptEmbeds.dims[1]}`);
       }
+    } else if (req.negativeEmbeds || req.negativeMask) {
+      // without guidance they would be ignored: a caller sending them expects guidance it would not get
+      const field = req.negativeEmbeds ? 'negative_prompt_embeds' : 'negative_prompt_attention_mask';
+      throw new InvalidArgumentError(field, `must not be sent with guidance_scale ${req.guidanceScale}: classifier-free guidance needs guidance_scale > 1`);
     }
   }
 

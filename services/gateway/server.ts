@@ -89,7 +89,9 @@ export function addGenerationService(host: ServiceHost, stages: GatewayStages, o
           onStep: (e) => {
             if (e.latents) {
               const step = e.step + 1;
-              out.offer([...tensorChunks(e.latents)].map((latents) => ({ event: { $case: 'preview' as const, value: { step, latents } } })));
+              // optional: skipped (and counted) while the client is not keeping up, so it never stalls the denoiser
+              const sent = out.offer([...tensorChunks(e.latents)].map((latents) => ({ event: { $case: 'preview' as const, value: { step, latents } } })));
+              if (!sent) host.metrics.previewsDropped.inc({ service });
             }
             out.push({ event: { $case: 'progress', value: { step: e.step + 1, numInferenceSteps: e.total, timestep: e.timestep, seconds: e.seconds } } });
           },

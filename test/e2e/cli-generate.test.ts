@@ -44,12 +44,26 @@ describe('sana generate', () => {
     }
   });
 
+  test('--tile-size and --no-tiling reach the decoder: tiled seams are blended, untiled is the whole decode', async () => {
+    // decoded at 768 px (no binning to the tiny model's 512 px bins), so 512 px tiles overlap
+    const args = ['generate', 'a harbour at dusk', '--seed', '1', '--steps', '1', '--width', '768', '--height', '768', '--no-binning'];
+    const tiled = await sana(...args, '--tile-size', '512', '--tile-overlap', '64', '--out', path.join(root, 'tiled.png'));
+    const whole = await sana(...args, '--no-tiling', '--out', path.join(root, 'whole.png'));
+    expect([tiled.code, whole.code]).toEqual([0, 0]);
+    const [a, b] = await Promise.all(['tiled.png', 'whole.png'].map((f) => sharp(path.join(root, f)).raw().toBuffer()));
+    expect(a.length).toBe(b.length);
+    expect(a.equals(b)).toBe(false);
+  });
+
   test.each([
     [['--no-binning', '--width', '500'], /width: must be a multiple of 32/],
     [['--steps', '0'], /num_inference_steps: must be an integer in \[1, 1000\], got 0/],
     [['--steps', '1001'], /num_inference_steps: .*got 1001/],
     [['--guidance', 'nan'], /guidance_scale: must be a finite number/],
     [['--format', 'gif'], /argument 'gif' is invalid/],
+    [['--format', 'webp'], /out: .*bad\.png names a png file but --format is webp/],
+    [['--no-tiling', '--tile-size', '512'], /tiling: --no-tiling contradicts --tile-size/],
+    [['--tile-size', '500'], /tiling\.tileSize: must be a positive multiple of 32 pixels, got 500/],
     [['--model', '/no/such/folder'], /model: no such folder/],
     [['--threads', '2.5'], /threads: must be a positive integer, got "2.5"/],
   ])('%j exits 2 with a clear message and no stack trace', async (args, message) => {

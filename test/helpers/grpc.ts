@@ -1,5 +1,6 @@
 // Real gRPC clients for tests: health, server reflection (as grpcurl uses it), and a Generate call collected into
 // its events, reassembled images and final status.
+import http2 from 'node:http2';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fromBinary } from '@bufbuild/protobuf';
@@ -7,7 +8,7 @@ import { FileDescriptorProtoSchema, type FileDescriptorProto } from '@bufbuild/p
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { service as healthService } from 'grpc-health-check';
-import { GenerationClient, type GenerateRequest, type GenerateResponse } from '../../services/common/gen/sana/v1/generation.ts';
+import { GenerateRequest, GenerateResponse, GenerationClient } from '../../services/common/gen/sana/v1/generation.ts';
 import type { DecodedImage } from '../../services/common/stages.ts';
 import { ImageAssembler } from '../../services/common/tensor-chunks.ts';
 
@@ -118,4 +119,36 @@ export function callGenerate(
       }
     });
   });
+}
+
+/**
+ * Generate as raw HTTP/2 with its response paused: nothing is read until the caller resumes the stream, so "not
+ * reading" is HTTP/2 flow control itself (grpc-js's client keeps reading into its own buffers while paused).
+ */
+export function unreadGenerate(address: string, request: Partial<GenerateRequest> = {}): { stream: http2.ClientHttp2Stream; session: http2.ClientHttp2Session } {
+  const session = http2.connect(`http://${address}`);
+  const stream = session.request({ ':method': 'POST', ':path': '/sana.v1.Generation/Generate', 'content-type': 'application/grpc', te: 'trailers' });
+  stream.pause();
+  const body = GenerateRequest.encode(GenerateRequest.fromPartial(request)).finish();
+  const frame = Buffer.alloc(5 + body.length); // gRPC message: uncompressed flag, big-endian length, bytes
+  frame.writeUInt32BE(body.length, 1);
+  Buffer.from(body).copy(frame, 5);
+  stream.end(frame);
+  return { stream, session };
+}
+
+/** Resumes an unread stream and reads it to its end: its messages and grpc-status. */
+export async function readToEnd(stream: http2.ClientHttp2Stream): Promise<{ messages: GenerateResponse[]; status: string | undefined }> {
+  const parts: Buffer[] = [];
+  stream.on('data', (d: Buffer) => parts.push(d));
+  const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.on('trailers', resolve));
+  await new Promise((resolve) => stream.on('end', resolve).resume());
+  const body = Buffer.concat(parts);
+  const messages: GenerateResponse[] = [];
+  for (let at = 0; at < body.length; ) {
+    const length = body.readUInt32BE(at + 1);
+    messages.push(GenerateResponse.decode(body.subarray(at + 5, at + 5 + length)));
+    at += 5 + length;
+  }
+  return { messages, status: (await trailers)['grpc-status'] as string | undefined };
 }

@@ -34,7 +34,7 @@ async function sana(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code
 beforeAll(async () => {
   writeRandomCheckpoint('tiny', modelDir);
   child = spawn(process.execPath, [path.join(ROOT, 'services/cli/bin.js'), 'serve', 'all', '--model', modelDir, '--port', '0', '--metrics-port', '0'], {
-    env: { ...process.env, SANA_LOG_LEVEL: 'silent', SANA_AUTH_TOKEN: TOKEN, SANA_MAX_IN_FLIGHT: '3' },
+    env: { ...process.env, SANA_LOG_LEVEL: 'silent', SANA_AUTH_TOKEN: TOKEN, SANA_MAX_IN_FLIGHT: '3', SANA_TILE_SIZE: '512', SANA_TILE_OVERLAP: '64' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   address = await new Promise<string>((resolve, reject) => {
@@ -57,6 +57,7 @@ describe('sana serve all (separate process)', () => {
     expect(stderr).toMatch(/gateway\s+127\.0\.0\.1:\d+ \(in flight ≤ 3, queue ≤ 32\)/);
     expect(stderr).toMatch(/denoiser\s+127\.0\.0\.1:\d+/);
     expect(stderr).toMatch(/auth\s+bearer token required/);
+    expect(stderr).toMatch(/tiling\s+512 px tiles overlapping by 64 px/);
     expect(stderr).not.toContain(TOKEN);
   });
 
@@ -86,7 +87,8 @@ describe('sana serve all (separate process)', () => {
     expect(remote.code, remote.stderr).toBe(0);
     expect(remote.stdout).toMatch(/^seed 11, 96×64, 3 steps$/m);
     expect(remote.stdout).toMatch(/^denoise\s+\d+\.\d+ s$/m);
-    const local = await sana([...args, '--model', modelDir, '--out', path.join(root, 'local.png')]);
+    // the server tiles by SANA_TILE_SIZE=512 (this 96×64 request decodes at its 608-px-wide bin): the same here
+    const local = await sana([...args, '--model', modelDir, '--tile-size', '512', '--tile-overlap', '64', '--out', path.join(root, 'local.png')]);
     expect(local.code, local.stderr).toBe(0);
     expect(fs.readFileSync(path.join(root, 'remote.png')).equals(fs.readFileSync(path.join(root, 'local.png')))).toBe(true);
 

@@ -71,7 +71,6 @@ describe('FlowDpmSolver matches DPMSolverMultistepScheduler on options the golde
         sample = solver.step(output, timesteps[i], sample, c.stochastic ? { generator } : {});
         worst = Math.max(worst, maxRelErr(sample, refPrev.subarray(i * stepSize, (i + 1) * stepSize)));
       }
-      console.log(`${name}: steps=${timesteps.length} sigmas max_rel_err=${sigmaErr.toExponential(3)} prev_samples (chained) worst max_rel_err=${worst.toExponential(3)}`);
       expect(worst).toBeLessThanOrEqual(REL_LIMIT);
     });
   }

@@ -35,7 +35,6 @@ describe('torchRandn matches torch.randn on CPU', () => {
       const expected = reference.readF32(draw.name, draw.shape);
       const ours = torchRandn(draw.shape, draw.seed);
       const err = maxAbsErr(ours, expected);
-      console.log(`${draw.name} numel=${expected.length} max_abs_err=${err.toExponential(3)}`);
       expect(ours.length).toBe(expected.length);
       expect(err).toBeLessThanOrEqual(ABS_LIMIT);
     });

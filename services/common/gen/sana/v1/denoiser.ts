@@ -37,7 +37,7 @@ export interface DenoiserInfo {
 
 export interface DenoiseSettings {
   numInferenceSteps: number;
-  /** classifier-free guidance applies when > 1 (then the negative_* tensors are required) */
+  /** classifier-free guidance applies when > 1: then the negative_* tensors are required, otherwise they are refused */
   guidanceScale: number;
   /** attach the latents to every n-th step event (0: never) */
   previewEvery: number;
@@ -52,7 +52,9 @@ export interface DenoiseRequest {
     | //
     /** [batch, sequence] int64 */
     { $case: "promptAttentionMask"; value: Tensor }
-    | { $case: "negativePromptEmbeds"; value: Tensor }
+    | //
+    /** the unconditional branch, only with guidance_scale > 1 (shapes as the prompt's) */
+    { $case: "negativePromptEmbeds"; value: Tensor }
     | { $case: "negativePromptAttentionMask"; value: Tensor }
     | //
     /** initial noise [batch, in_channels, height / 32, width / 32] float32 */
@@ -665,7 +667,9 @@ export const DenoiserService = {
   /**
    * The client sends `settings` and the input tensors (as Tensor runs, in any order) and half-closes; the server
    * answers with one StepEvent per solver step, each preceded by the preview latents of that step when asked
-   * for, and ends with the final latents. Cancelling the call stops the work within one step.
+   * for, and ends with the final latents. Previews are best effort: one is skipped (and counted in the
+   * sana_previews_dropped_total metric) when the client is not reading fast enough; StepEvents and the final
+   * latents are never skipped. Cancelling the call stops the work within one step.
    */
   denoise: {
     path: "/sana.v1.Denoiser/Denoise" as const,
@@ -684,7 +688,9 @@ export interface DenoiserServer extends UntypedServiceImplementation {
   /**
    * The client sends `settings` and the input tensors (as Tensor runs, in any order) and half-closes; the server
    * answers with one StepEvent per solver step, each preceded by the preview latents of that step when asked
-   * for, and ends with the final latents. Cancelling the call stops the work within one step.
+   * for, and ends with the final latents. Previews are best effort: one is skipped (and counted in the
+   * sana_previews_dropped_total metric) when the client is not reading fast enough; StepEvents and the final
+   * latents are never skipped. Cancelling the call stops the work within one step.
    */
   denoise: handleBidiStreamingCall<DenoiseRequest, DenoiseResponse>;
 }
@@ -709,7 +715,9 @@ export interface DenoiserClient extends Client {
   /**
    * The client sends `settings` and the input tensors (as Tensor runs, in any order) and half-closes; the server
    * answers with one StepEvent per solver step, each preceded by the preview latents of that step when asked
-   * for, and ends with the final latents. Cancelling the call stops the work within one step.
+   * for, and ends with the final latents. Previews are best effort: one is skipped (and counted in the
+   * sana_previews_dropped_total metric) when the client is not reading fast enough; StepEvents and the final
+   * latents are never skipped. Cancelling the call stops the work within one step.
    */
   denoise(): ClientDuplexStream<DenoiseRequest, DenoiseResponse>;
   denoise(options: Partial<CallOptions>): ClientDuplexStream<DenoiseRequest, DenoiseResponse>;

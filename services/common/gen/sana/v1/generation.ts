@@ -33,7 +33,10 @@ export enum Stage {
 export interface GenerateRequest {
   /** 1 to 16 prompts, each at most 64 KiB of UTF-8 */
   prompt: string[];
-  /** used for every prompt when guidance_scale > 1; at most 64 KiB (default: empty) */
+  /**
+   * used for every prompt when guidance_scale > 1; at most 64 KiB (default: empty). With guidance_scale <= 1 there
+   * is no unconditional branch, so it is not encoded and has no effect (as in SanaPipeline).
+   */
   negativePrompt: string;
   /** 1 to 1000 (default 20) */
   numInferenceSteps?:
@@ -82,7 +85,12 @@ export interface GenerateRequest {
   quality?:
     | number
     | undefined;
-  /** stream the latents after every n-th denoising step (0, the default: no previews; at most 1000) */
+  /**
+   * stream the latents after every n-th denoising step (0, the default: no previews; at most 1000). Previews are
+   * best effort: one is skipped when this client (or the gateway, from the denoiser) is not reading fast enough, so
+   * a slow reader never slows the denoising; the step's Progress event still arrives. Skipped previews are counted
+   * in the sana_previews_dropped_total metric of the gateway and the denoiser.
+   */
   previewEvery: number;
 }
 
