@@ -8,6 +8,7 @@ import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
 import { generateRemote } from '../gateway/client.ts';
+import { JobsClient } from '../gateway/jobs-client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
 
@@ -16,7 +17,7 @@ export function defaultModelDir(): string {
   return cachedRandomCheckpoint('tiny');
 }
 
-interface GenerateOptions {
+export interface GenerateOptions {
   model?: string;
   negative?: string;
   width?: string;
@@ -28,10 +29,12 @@ interface GenerateOptions {
   format?: ImageFormat;
   binning: boolean;
   chi: boolean;
-  out: string;
+  out?: string;
   threads?: string;
   server?: string;
   token?: string;
+  async?: boolean;
+  key?: string;
 }
 
 /** Parses a numeric flag strictly; the pipeline's validation then names the limit. */
@@ -72,9 +75,10 @@ function formatFromPath(out: string): ImageFormat | undefined {
   return undefined;
 }
 
-async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void> {
-  const format = opts.format ?? formatFromPath(opts.out) ?? 'png';
-  const args = {
+/** The pipeline's arguments from the command's flags. */
+export function generateArgsFromOptions(prompt: string, opts: GenerateOptions) {
+  const format = opts.format ?? formatFromPath(opts.out ?? '') ?? 'png';
+  return {
     prompt,
     negativePrompt: opts.negative,
     width: numberFlag('width', opts.width),
@@ -87,6 +91,13 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
     complexHumanInstruction: opts.chi ? undefined : (false as const),
     format,
   };
+}
+
+async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void> {
+  const args = generateArgsFromOptions(prompt, opts);
+  const { format } = args;
+  if (opts.async) return submitAsync(args, opts);
+  if (!opts.out) throw new InvalidArgumentError('out', 'is required (or use --async --server ADDRESS)');
   // reject bad arguments before spending seconds on loading models (the size default needs the model: any valid one here)
   const { numInferenceSteps } = validateGenerateArgs(args, LIMITS.side.min);
   const outDir = path.dirname(path.resolve(opts.out));
@@ -144,6 +155,19 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
   for (const p of paths) console.log(`wrote ${p}`);
 }
 
+/** `--async`: queues a job on the gateway and prints its id (`sana jobs watch|result ID` follow it). */
+async function submitAsync(args: GenerateArgs, opts: GenerateOptions): Promise<void> {
+  if (!opts.server) throw new InvalidArgumentError('server', '--async submits a job to a gateway: give --server ADDRESS');
+  if (opts.model) throw new InvalidArgumentError('model', 'the server at --server uses its own model; leave out --model');
+  validateGenerateArgs(args, LIMITS.side.min);
+  const client = new JobsClient(opts.server, opts.token ?? process.env.SANA_AUTH_TOKEN);
+  try {
+    console.log(await client.submit(args, opts.key));
+  } finally {
+    client.close();
+  }
+}
+
 type Runner = ((args: GenerateArgs, ctx: GenerateContext) => Promise<GenerateResult>) & { close?: () => Promise<void> };
 
 /** Loads the three stages into this process (the default model when none is given). */
@@ -171,11 +195,9 @@ function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; lo
   return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
 }
 
-export function registerGenerate(program: Command): void {
-  program
-    .command('generate')
-    .description('generate images from a prompt, in this process or on a gateway (--server)')
-    .argument('<prompt>', 'the text prompt')
+/** The flags that describe a generation (shared by `generate` and `jobs submit`). */
+export function addGenerateOptions(command: Command): Command {
+  return command
     .option('--model <dir>', 'SANA pipeline checkpoint folder in the diffusers layout (default: tiny random weights)')
     .option('--negative <text>', 'negative prompt (default "")')
     .option('--width <px>', 'image width (default: the model\'s trained size)')
@@ -189,7 +211,18 @@ export function registerGenerate(program: Command): void {
     .option('--no-chi', 'turn off the complex human instruction prefix')
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
-    .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
-    .requiredOption('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...)')
+    .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)');
+}
+
+export function registerGenerate(program: Command): void {
+  addGenerateOptions(
+    program
+      .command('generate')
+      .description('generate images from a prompt, in this process or on a gateway (--server)')
+      .argument('<prompt>', 'the text prompt'),
+  )
+    .option('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...); required unless --async')
+    .option('--async', 'queue a durable job on the gateway (--server, which runs with --nats) and print its id')
+    .option('--key <key>', 'with --async: idempotency key (the same key gives the same job)')
     .action(runGenerate);
 }
