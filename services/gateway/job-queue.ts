@@ -89,8 +89,9 @@ const JobRecordSchema = z.object({
   numInferenceSteps: z.number(),
   error: z.string().optional(),
   cancelRequested: z.boolean().optional(),
-  /** the worker that runs (or ran) it */
+  /** the worker that runs (or ran) it, and when it last said it is alive */
   worker: z.string().optional(),
+  heartbeatAt: z.number().optional(),
   /** how many times a worker finished it (more than one would mean the work ran twice to the end) */
   completions: z.number().optional(),
   summary: z
@@ -314,13 +315,22 @@ export class JobQueue {
       throw new StatusError(Status.FAILED_PRECONDITION, `job ${id} is ${record.state}${record.error ? ` (${record.error})` : ''}; only a succeeded job has images`);
     }
     const { summary } = record;
+    const expired = () => {
+      const when = record.resultExpiresAt ? ` at ${new Date(record.resultExpiresAt).toISOString()}` : '';
+      return new StatusError(Status.NOT_FOUND, `the images of job ${id} expired${when} (results are kept ${this.options.resultTtlSeconds} s)`);
+    };
+    // the server removes an object's chunks and description one by one when its TTL passes: past the job's
+    // expiry time, or with any piece gone, the images count as expired (a partly removed object is never read)
+    if (record.resultExpiresAt !== undefined && Date.now() >= record.resultExpiresAt) throw expired();
     const images: DecodedImage[] = [];
     for (let i = 0; i < summary.numImages; i++) {
-      const bytes = await this.results.getBlob(resultName(id, i));
-      if (!bytes) {
-        const when = record.resultExpiresAt ? ` at ${new Date(record.resultExpiresAt).toISOString()}` : '';
-        throw new StatusError(Status.NOT_FOUND, `the images of job ${id} expired${when} (results are kept ${this.options.resultTtlSeconds} s)`);
-      }
+      const info = await this.results.info(resultName(id, i));
+      if (!info || info.deleted) throw expired();
+      const bytes = await withTimeout(this.results.getBlob(resultName(id, i)), READ_TIMEOUT_MS, `reading the images of job ${id}`).catch((e: Error) => {
+        if (/digest|corrupt/i.test(e.message)) return null;
+        throw e;
+      });
+      if (!bytes) throw expired();
       images.push({ bytes, width: summary.width, height: summary.height, format: summary.formats[i] });
     }
     return images;
@@ -371,11 +381,26 @@ export class JobQueue {
       // unreadable: dead-lettered as is
     }
     const error = `no worker finished it in ${deliveries} deliveries (workers died or stopped heartbeating)`;
-    await this.mutate(id, (r) => (TERMINAL_STATES.includes(r.state) ? undefined : { ...r, state: 'failed', finishedAt: Date.now(), error }));
-    await this.publishDeadLetter(id, error, deliveries, stored.data);
+    let handled = false; // a worker failed (or finished) it on its last delivery already
+    await this.mutate(id, (r) => {
+      handled = TERMINAL_STATES.includes(r.state);
+      return handled ? undefined : { ...r, state: 'failed', finishedAt: Date.now(), error };
+    });
+    if (!handled) await this.publishDeadLetter(id, error, deliveries, stored.data);
     await this.jsm.streams.deleteMessage(NATS_NAMES.stream, seq, false);
-    return id;
+    return handled ? undefined : id;
   }
+}
+
+/** A read whose chunks the TTL removes under it would wait for them forever. */
+const READ_TIMEOUT_MS = 60_000;
+
+function withTimeout<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new StatusError(Status.UNAVAILABLE, `${what} took over ${ms / 1000} s`)), ms);
+  });
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
 export function resultName(id: string, index: number): string {

@@ -57,9 +57,33 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
   /** aborted when the grace period of stop() is over: running jobs give their delivery back */
   const giveBack = new AbortController();
   const heartbeatMs = Math.max(250, (queue.options.ackWaitSeconds * 1000) / 4);
-  let running = 0;
+  /** ids of the jobs this worker runs now */
+  const running = new Set<string>();
   const consumer: Consumer = await jetstream(queue.nc).consumers.get(NATS_NAMES.stream, NATS_NAMES.consumer);
   const stopped = new Promise<null>((resolve) => stopping.signal.addEventListener('abort', () => resolve(null), { once: true }));
+
+  /**
+   * While the record says another live worker (or this one, in another slot) runs the job, keeps this delivery
+   * alive and waits. 'run' when this worker should run it: nobody runs it, or the runner's heartbeat did not
+   * move for a whole ack wait (it died); 'done' when it finished meanwhile; 'give-back' when this worker stops.
+   */
+  async function awaitOtherWorker(jobId: string, msg: JsMsg): Promise<'run' | 'done' | 'give-back'> {
+    let seen: number | undefined;
+    let since = Date.now();
+    for (;;) {
+      const found = await retrying(() => queue.read(jobId), `job ${jobId}: read`);
+      const r = found?.record;
+      if (r && TERMINAL_STATES.includes(r.state)) return 'done';
+      if (!r || r.state !== 'running' || (r.worker === id && !running.has(jobId))) return 'run';
+      if (r.heartbeatAt !== seen) {
+        seen = r.heartbeatAt;
+        since = Date.now();
+      } else if (Date.now() - since > queue.options.ackWaitSeconds * 1000 && !running.has(jobId)) return 'run';
+      msg.working();
+      await sleep(heartbeatMs, stopping.signal);
+      if (stopping.signal.aborted) return 'give-back';
+    }
+  }
 
   /** Runs one delivery to its end: acknowledged, given back (nak) or terminated to the dead letters. */
   async function handle(msg: JsMsg): Promise<void> {
@@ -76,9 +100,18 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
       return;
     }
     const jobLog = log.child({ job: job.id, deliveries });
-    const started = Date.now();
+
+    // a redelivery while another worker still runs the job (its heartbeat lapsed during a broker restart, say):
+    // hold the delivery until that worker finishes, or take the job over once its heartbeats stop
+    const turn = await awaitOtherWorker(job.id, msg);
+    if (turn !== 'run') {
+      if (turn === 'done') msg.ack();
+      else msg.nak();
+      return;
+    }
 
     // claim: a finished or cancelled job is only acknowledged (a redelivery after its worker finished it)
+    const started = Date.now();
     let firstStart = false;
     let skip: 'done' | 'cancelled' | undefined;
     const claimed = await retrying(
@@ -88,16 +121,19 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
           if (TERMINAL_STATES.includes(r.state)) return (skip = 'done'), undefined;
           if (r.cancelRequested) return (skip = 'cancelled'), { ...r, state: 'cancelled', finishedAt: Date.now() };
           firstStart = r.startedAt === undefined;
-          return { ...r, state: 'running', attempts: deliveries, startedAt: started, step: 0, worker: id };
+          return { ...r, state: 'running', attempts: r.attempts + 1, startedAt: started, heartbeatAt: started, step: 0, worker: id };
         }),
       `job ${job.id}: claim`,
     );
+    // from here on the record is updated before every ack: an ack lost on the way only brings a redelivery
+    // that finds the job finished
     if (!claimed || skip) {
       if (!claimed) jobLog.warn('job record missing (expired?): dropped');
       if (skip === 'cancelled') metrics?.finish('cancelled', 0);
-      await retrying(() => msg.ackAck(), `job ${job.id}: ack`).catch(() => undefined);
+      msg.ack();
       return;
     }
+    running.add(job.id);
     if (firstStart) metrics?.waitSeconds.observe({ service: metrics.service }, (started - claimed.submittedAt) / 1000);
     if (deliveries > 1) metrics?.redeliveries.inc({ service: metrics.service });
     jobLog.info('job started');
@@ -106,7 +142,10 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
     const abort = new AbortController();
     const onGiveBack = () => abort.abort(new CancelledError('worker shutting down'));
     giveBack.signal.addEventListener('abort', onGiveBack, { once: true });
-    const heartbeat = setInterval(() => msg.working(), heartbeatMs);
+    const heartbeat = setInterval(() => {
+      msg.working();
+      void queue.mutate(job.id, (r) => (r.state === 'running' && r.worker === id ? { ...r, heartbeatAt: Date.now() } : undefined)).catch(() => undefined);
+    }, heartbeatMs);
     const watcher = await queue.records.watch({ key: job.id }).catch(() => undefined);
     void (async () => {
       for await (const entry of watcher ?? []) {
@@ -145,7 +184,7 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
           jobLog.info('job given back (worker shutting down)');
         } else if (abort.signal.aborted) {
           await finish('cancelled', (r) => ({ ...r, state: 'cancelled', finishedAt: Date.now() }));
-          await retrying(() => msg.ackAck(), `job ${job.id}: ack`);
+          msg.ack();
           metrics?.finish('cancelled', seconds);
           jobLog.info('job cancelled');
         } else if (isPermanent(e) || deliveries >= queue.options.maxDeliver) {
@@ -165,7 +204,9 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
         }
         return;
       }
-      // images first, then the record, then the ack: a crash anywhere in between reruns the job to the same end
+      // images first, then the record, then the ack: a crash anywhere in between reruns the job to the same end.
+      // The expiry time is counted from before the store, so it passes before the server removes any piece.
+      const storedAt = Date.now();
       await retrying(() => queue.storeResult(job.id, result), `job ${job.id}: store result`);
       await finish('succeeded', (r) => ({
         ...r,
@@ -183,13 +224,14 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
           formats: result.images.map((image) => image.format),
           timings: result.timings,
         },
-        resultExpiresAt: Date.now() + queue.options.resultTtlSeconds * 1000,
+        resultExpiresAt: storedAt + queue.options.resultTtlSeconds * 1000,
       }));
-      await retrying(() => msg.ackAck(), `job ${job.id}: ack`);
+      msg.ack();
       metrics?.finish('succeeded', (Date.now() - started) / 1000);
       jobLog.info({ seconds: (Date.now() - started) / 1000 }, 'job succeeded');
     } finally {
       clearInterval(heartbeat);
+      running.delete(job.id);
       watcher?.stop();
       giveBack.signal.removeEventListener('abort', onGiveBack);
     }
@@ -214,14 +256,11 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
         continue;
       }
       if (!msg) continue;
-      running++;
       try {
         await handle(msg);
       } catch (e) {
         // NATS stayed unreachable past every retry: the delivery is left to time out and be redelivered
         log.error({ err: (e as Error).message }, 'job handling failed; it will be redelivered');
-      } finally {
-        running--;
       }
     }
   }
@@ -250,7 +289,7 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
   return {
     id,
     get running() {
-      return running;
+      return running.size;
     },
     async stop(graceSeconds = 0) {
       stopping.abort();

@@ -6,6 +6,7 @@ import { Stage } from '../common/gen/sana/v1/generation.ts';
 import type { ImageChunk } from '../common/gen/sana/v1/image.ts';
 import { JobsService, JobState, type JobEvent, type JobId, type JobStatus, type SubmitJobRequest } from '../common/gen/sana/v1/jobs.ts';
 import type { ServiceHost } from '../common/grpc-server.ts';
+import { Status, StatusError } from '../common/grpc-status.ts';
 import { LIMITS } from '../common/limits.ts';
 import { imageChunks } from '../common/tensor-chunks.ts';
 import type { JobMetrics } from './job-metrics.ts';
@@ -53,6 +54,16 @@ export function toJobStatus(r: JobRecord): JobStatus {
   };
 }
 
+/** Errors of the broker (down, restarting, timing out) reach clients as UNAVAILABLE: retrying is right. */
+async function brokered<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (e) {
+    if (e instanceof StatusError || e instanceof InvalidArgumentError) throw e;
+    throw new StatusError(Status.UNAVAILABLE, `job queue (NATS) unavailable: ${(e as Error).message}`);
+  }
+}
+
 export interface JobsServiceOptions {
   /** when set, every call requires `authorization: Bearer <token>` */
   authToken?: string;
@@ -74,14 +85,14 @@ export function addJobsService(host: ServiceHost, stages: GatewayStages, queue: 
         const side = stages.ready ? stages.denoiser.info().sampleSize * stages.decoder.info().spatialScale : LIMITS.side.min;
         const { seed } = validateGenerateArgs(args, side);
         // the seed is fixed now, so a redelivered job computes the very same images
-        const { id, duplicate } = await queue.submit(toJobRequest(args, seed), req.idempotencyKey || undefined);
+        const { id, duplicate } = await brokered(() => queue.submit(toJobRequest(args, seed), req.idempotencyKey || undefined));
         metrics?.submitted.inc({ service: metrics.service, duplicate: String(duplicate) });
         return { id };
       },
       { precheck },
     ),
-    get: host.unary<JobId, JobStatus>('Get', async (req) => toJobStatus(await queue.get(req.id)), { precheck }),
-    cancel: host.unary<JobId, JobStatus>('Cancel', async (req) => toJobStatus(await queue.cancel(req.id)), { precheck }),
+    get: host.unary<JobId, JobStatus>('Get', async (req) => toJobStatus(await brokered(() => queue.get(req.id))), { precheck }),
+    cancel: host.unary<JobId, JobStatus>('Cancel', async (req) => toJobStatus(await brokered(() => queue.cancel(req.id))), { precheck }),
     watch: host.serverStream<JobId, JobEvent>(
       'Watch',
       async (req, scope, out) => {
@@ -97,7 +108,7 @@ export function addJobsService(host: ServiceHost, stages: GatewayStages, queue: 
     result: host.serverStream<JobId, ImageChunk>(
       'Result',
       async (req, _scope, out) => {
-        const images = await queue.result(req.id);
+        const images = await brokered(() => queue.result(req.id));
         for (const [index, image] of images.entries()) {
           for (const chunk of imageChunks(image, index)) await out.write(chunk);
         }

@@ -57,7 +57,7 @@ export function decodeEmbedding(bytes: Uint8Array): CachedEmbedding | undefined 
   const msl = view.getUint32(4, true);
   const hidden = view.getUint32(8, true);
   if (view.getUint32(0, true) !== MAGIC || bytes.byteLength !== HEADER_BYTES + msl * hidden * 4 + msl * 8) return undefined;
-  const copy = bytes.slice(HEADER_BYTES); // aligned for the typed arrays
+  const copy = new Uint8Array(bytes.subarray(HEADER_BYTES)); // a copy of its own (a Buffer's slice is a view), aligned
   return { embeds: new Float32Array(copy.buffer, 0, msl * hidden), mask: new BigInt64Array(copy.buffer, msl * hidden * 4, msl) };
 }
 

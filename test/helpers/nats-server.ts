@@ -28,7 +28,8 @@ export class NatsServer {
   }
 
   private async launch(): Promise<void> {
-    const bin = process.env.NATS_SERVER_BIN ?? 'nats-server';
+    // Debian installs it in /usr/sbin, which is not on every user's PATH
+    const bin = process.env.NATS_SERVER_BIN ?? (fs.existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server');
     this.output = '';
     const child = spawn(bin, ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.process = child;
