@@ -33,6 +33,7 @@ const KILL_EVERY_MS = Number(opts['kill-every']) * 1000;
 const ACK_WAIT = Number(opts['ack-wait']);
 const SUBMIT_MS = Number(opts['submit-seconds']) * 1000;
 
+process.env.SANA_LOG_LEVEL ??= 'warn'; // the services of this process log only what goes wrong
 const t0 = Date.now();
 const say = (line: string) => console.error(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${line}`);
 
