@@ -1,6 +1,11 @@
 // The Jobs API of `sana serve all --nats` against a real nats-server: submit, watch, get and result give the
 // in-process pipeline's exact image; an idempotency key gives one job; a queued and a running job cancel; a bad
 // request is refused before it is queued; the job metrics count it all.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +22,18 @@ import { NatsServer } from '../helpers/nats-server.ts';
 import { metricValue, waitFor } from '../helpers/jobs.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/** `sana …` as another process; resolves with its exit code and output. */
+async function sana(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [path.join(ROOT, 'services/cli/bin.js'), ...args], { timeout: 120_000 });
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    return e as { code: number; stdout: string; stderr: string };
+  }
+}
+
 /** A job that denoises for many seconds on the tiny model (cancel and queueing need one that is still running). */
 const LONG = { prompt: 'a long job', seed: 5, numInferenceSteps: 1000, width: 256, height: 256, useResolutionBinning: false };
 
@@ -25,6 +42,12 @@ let nc: NatsConnection;
 let serving: Serving;
 let client: JobsClient;
 let local: LocalStages;
+
+/** The stage addresses of `sana serve all`, for a second gateway. */
+const stagesOf = (s: Serving) => {
+  const address = (name: string) => [s.hosts.find((h) => h.options.name === name)!.address];
+  return { textEncoder: address('text-encoder'), denoiser: address('denoiser'), decoder: address('decoder') };
+};
 const registry = createRegistry();
 
 beforeAll(async () => {
@@ -144,6 +167,41 @@ describe('Jobs API (sana serve all --nats)', () => {
 
     await expect(client.cancel(running)).rejects.toThrow(/already cancelled/);
     await expect(client.result(running)).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+  });
+
+  it('requires the bearer token on every Jobs call when the gateway has one', async () => {
+    const guarded = await startServe({ ...serving.config, role: 'gateway', model: undefined, authToken: 'jobs-token', stages: stagesOf(serving) });
+    const anonymous = new JobsClient(guarded.address);
+    const authorized = new JobsClient(guarded.address, 'jobs-token');
+    try {
+      await expect(anonymous.submit({ prompt: 'x', numInferenceSteps: 1 })).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      await expect(anonymous.get('some-job')).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      await expect(anonymous.watch('some-job')).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+      await expect(authorized.get('some-job')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    } finally {
+      anonymous.close();
+      authorized.close();
+      await guarded.close();
+    }
+  });
+
+  it('sana generate --async prints a job id; sana jobs result --wait writes its image', async () => {
+    const root = tempDir('jobs-cli');
+    const submitted = await sana(['generate', 'a cli job', '--seed', '4', '--steps', '2', '--async', '--server', serving.address]);
+    expect(submitted.code, submitted.stderr).toBe(0);
+    const id = submitted.stdout.trim();
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    const out = path.join(root, 'job.png');
+    const fetched = await sana(['jobs', 'result', id, '--wait', '--server', serving.address, '--out', out]);
+    expect(fetched.code, fetched.stderr).toBe(0);
+    expect(fetched.stdout).toContain(`wrote ${out}`);
+    const reference = await generate(local, { prompt: 'a cli job', seed: 4, numInferenceSteps: 2 });
+    expect(fs.readFileSync(out).equals(Buffer.from(reference.images[0].bytes))).toBe(true);
+    const shown = await sana(['jobs', 'get', id, '--server', serving.address]);
+    expect(shown.stdout).toMatch(new RegExp(`job ${id}: succeeded`));
+    const missing = await sana(['jobs', 'get', 'no-such-job', '--server', serving.address]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/no job no-such-job/);
   });
 
   it('refuses a bad request before queueing it, and unknown ids with NOT_FOUND', async () => {
