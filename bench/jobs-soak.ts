@@ -153,6 +153,9 @@ const counts = {
   'submit retries': submitRetries,
   'wall seconds': Math.round((Date.now() - t0) / 1000),
 };
+for (const r of records) {
+  if (r && r.record.state !== 'succeeded') console.log(`job ${r.record.id} ${r.record.state} after ${r.record.attempts} attempt(s): ${r.record.error}`);
+}
 console.log('| count | value |\n| --- | ---: |');
 for (const [k, v] of Object.entries(counts)) console.log(`| ${k} | ${v} |`);
 const ok = counts.succeeded === JOBS && counts.lost === 0 && counts['duplicates (completed twice)'] === 0 && counts['duplicates (extra result objects)'] === 0 && counts['distinct job ids'] === JOBS && recordCount === JOBS;

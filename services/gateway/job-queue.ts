@@ -25,7 +25,7 @@ import type { GenerateArgs, GenerateResult } from './pipeline.ts';
 export interface JobQueueOptions {
   /** seconds a worker may go without a heartbeat before its job is redelivered (default 30) */
   ackWaitSeconds: number;
-  /** deliveries of a job before it is dead-lettered (default 3) */
+  /** deliveries of a job before it is dead-lettered (default 5: a worker stopped by a scale-down gives its job back, too) */
   maxDeliver: number;
   /** seconds within which a repeated Nats-Msg-Id is dropped (default 600) */
   duplicateWindowSeconds: number;
@@ -39,7 +39,7 @@ export interface JobQueueOptions {
 
 export const JOB_QUEUE_DEFAULTS: JobQueueOptions = {
   ackWaitSeconds: 30,
-  maxDeliver: 3,
+  maxDeliver: 5,
   duplicateWindowSeconds: 600,
   resultTtlSeconds: 24 * 3600,
   recordTtlSeconds: 7 * 24 * 3600,

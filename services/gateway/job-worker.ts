@@ -75,10 +75,14 @@ export async function startJobWorker(queue: JobQueue, stages: PipelineStages, op
       const r = found?.record;
       if (r && TERMINAL_STATES.includes(r.state)) return 'done';
       if (!r || r.state !== 'running' || (r.worker === id && !running.has(jobId))) return 'run';
+      const ackWaitMs = queue.options.ackWaitSeconds * 1000;
+      // a runner writes its heartbeat every quarter ack wait: one older than an ack wait (or one that did not
+      // move while this worker watched for an ack wait, whatever the clocks say) is a dead runner's
+      if (!running.has(jobId) && r.heartbeatAt !== undefined && Date.now() - r.heartbeatAt > ackWaitMs) return 'run';
       if (r.heartbeatAt !== seen) {
         seen = r.heartbeatAt;
         since = Date.now();
-      } else if (Date.now() - since > queue.options.ackWaitSeconds * 1000 && !running.has(jobId)) return 'run';
+      } else if (Date.now() - since > ackWaitMs && !running.has(jobId)) return 'run';
       msg.working();
       await sleep(heartbeatMs, stopping.signal);
       if (stopping.signal.aborted) return 'give-back';
