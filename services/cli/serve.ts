@@ -184,9 +184,9 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
     if (config.role === 'worker') {
       const stages = new RemoteStages(config.stages);
       const giveUp = new AbortController();
-      closers.unshift(() => giveUp.abort());
       closers.push(() => stages.close());
       ready = startWorker(stages, connectStages(stages, log, giveUp.signal));
+      closers.unshift(() => giveUp.abort()); // first: the worker's closer waits for the stages to answer
       address = '';
     } else if (config.role === 'gateway' || config.role === 'all') {
       let stageAddresses = config.stages;
