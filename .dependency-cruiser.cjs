@@ -16,6 +16,10 @@ const ADAPTERS = [
   // proto <-> tensor chunking, the Prometheus HTTP endpoint, the generated code
   `^services/common/(grpc-[^/]+|tensor-chunks|admission|stage-slot|metrics)\\.ts$`,
   `^services/common/gen/`,
+  // the NATS side: the connection and names, the job queue, its workers and metrics, the shared embedding cache
+  `^services/common/nats\\.ts$`,
+  `^services/gateway/job-[^/]+\\.ts$`,
+  `^services/text-encoder/shared-cache\\.ts$`,
   `^services/cli/`,
 ];
 

@@ -9,6 +9,7 @@ import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
 import { generateRemote } from '../gateway/client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, validateGenerateArgs } from '../common/pipeline.ts';
+import { JobsClient } from '../gateway/jobs-client.ts';
 import { tilingFromFlags, tilingOptions } from './args.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
 
@@ -17,7 +18,7 @@ export function defaultModelDir(): string {
   return cachedRandomCheckpoint('tiny');
 }
 
-interface GenerateOptions {
+export interface GenerateOptions {
   model?: string;
   negative?: string;
   width?: string;
@@ -29,13 +30,15 @@ interface GenerateOptions {
   format?: ImageFormat;
   binning: boolean;
   chi: boolean;
-  out: string;
+  out?: string;
   threads?: string;
   server?: string;
   token?: string;
   tiling: boolean;
   tileSize?: number;
   tileOverlap?: number;
+  async?: boolean;
+  key?: string;
 }
 
 /** Parses a numeric flag strictly; the pipeline's validation then names the limit. */
@@ -76,14 +79,15 @@ function formatFromPath(out: string): ImageFormat | undefined {
   return undefined;
 }
 
-async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void> {
-  const named = formatFromPath(opts.out);
+/** The pipeline's arguments from the command's flags. */
+export function generateArgsFromOptions(prompt: string, opts: GenerateOptions) {
+  const named = formatFromPath(opts.out ?? '');
   if (opts.format && named && opts.format !== named) {
     // writing WebP bytes into x.png would mislead every viewer that trusts the extension
     throw new InvalidArgumentError('out', `${opts.out} names a ${named} file but --format is ${opts.format}; change the extension or leave out --format`);
   }
   const format = opts.format ?? named ?? 'png';
-  const args = {
+  return {
     prompt,
     negativePrompt: opts.negative,
     width: numberFlag('width', opts.width),
@@ -96,6 +100,13 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
     complexHumanInstruction: opts.chi ? undefined : (false as const),
     format,
   };
+}
+
+async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void> {
+  const args = generateArgsFromOptions(prompt, opts);
+  const { format } = args;
+  if (opts.async) return submitAsync(args, opts);
+  if (!opts.out) throw new InvalidArgumentError('out', 'is required (or use --async --server ADDRESS)');
   // reject bad arguments before spending seconds on loading models (the size default needs the model: any valid one here)
   const { numInferenceSteps } = validateGenerateArgs(args, LIMITS.side.min);
   const outDir = path.dirname(path.resolve(opts.out));
@@ -153,6 +164,19 @@ async function runGenerate(prompt: string, opts: GenerateOptions): Promise<void>
   for (const p of paths) console.log(`wrote ${p}`);
 }
 
+/** `--async`: queues a job on the gateway and prints its id (`sana jobs watch|result ID` follow it). */
+async function submitAsync(args: GenerateArgs, opts: GenerateOptions): Promise<void> {
+  if (!opts.server) throw new InvalidArgumentError('server', '--async submits a job to a gateway: give --server ADDRESS');
+  if (opts.model) throw new InvalidArgumentError('model', 'the server at --server uses its own model; leave out --model');
+  validateGenerateArgs(args, LIMITS.side.min);
+  const client = new JobsClient(opts.server, opts.token ?? process.env.SANA_AUTH_TOKEN);
+  try {
+    console.log(await client.submit(args, opts.key));
+  } finally {
+    client.close();
+  }
+}
+
 type Runner = ((args: GenerateArgs, ctx: GenerateContext) => Promise<GenerateResult>) & { close?: () => Promise<void> };
 
 /** Loads the three stages into this process (the default model when none is given). */
@@ -185,11 +209,9 @@ function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; lo
   return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
 }
 
-export function registerGenerate(program: Command): void {
-  const generate = program
-    .command('generate')
-    .description('generate images from a prompt, in this process or on a gateway (--server)')
-    .argument('<prompt>', 'the text prompt')
+/** The flags that describe a generation (shared by `generate` and `jobs submit`). */
+export function addGenerateOptions(command: Command): Command {
+  return command
     .option('--model <dir>', 'SANA pipeline checkpoint folder in the diffusers layout (default: tiny random weights)')
     .option('--negative <text>', 'negative prompt, used when --guidance > 1 (default "")')
     .option('--width <px>', 'image width (default: the model\'s trained size)')
@@ -203,8 +225,19 @@ export function registerGenerate(program: Command): void {
     .option('--no-chi', 'turn off the complex human instruction prefix')
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
-    .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
-    .requiredOption('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...)')
+    .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)');
+}
+
+export function registerGenerate(program: Command): void {
+  const generate = addGenerateOptions(
+    program
+      .command('generate')
+      .description('generate images from a prompt, in this process or on a gateway (--server)')
+      .argument('<prompt>', 'the text prompt'),
+  )
+    .option('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...); required unless --async')
+    .option('--async', 'queue a durable job on the gateway (--server, which runs with --nats) and print its id')
+    .option('--key <key>', 'with --async: idempotency key (the same key gives the same job)')
     .action(runGenerate);
   for (const option of tilingOptions()) generate.addOption(option);
 }

@@ -6,6 +6,7 @@ import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
 import { CheckpointError } from '../common/safetensors.ts';
 import { writeRandomCheckpoint } from './checkpoint.ts';
 import { registerGenerate } from './generate.ts';
+import { registerJobs } from './jobs.ts';
 import { PRESETS } from './presets.ts';
 import { registerServe } from './serve.ts';
 
@@ -32,6 +33,7 @@ checkpoint
 
 registerGenerate(program);
 registerServe(program);
+registerJobs(program);
 
 try {
   await program.parseAsync(process.argv);

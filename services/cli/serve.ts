@@ -12,14 +12,20 @@ import type { SessionOptions } from '../common/ort-session.ts';
 import { bringUp, StageSlot } from '../common/stage-slot.ts';
 import type { DecoderStage, DenoiserStage, TextEncoderStage } from '../common/stages.ts';
 import type { TilingOptions } from '../decoder/tiling.ts';
+import { connectNats, type NatsConnection } from '../common/nats.ts';
+import { JobMetrics } from '../gateway/job-metrics.ts';
+import { JobQueue, type JobQueueOptions } from '../gateway/job-queue.ts';
+import { startJobWorker, type JobWorker } from '../gateway/job-worker.ts';
+import { addJobsService } from '../gateway/jobs-server.ts';
 import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
 import { addGenerationService, connectInBackground } from '../gateway/server.ts';
+import { embeddingModelKey, KvEmbeddingCache } from '../text-encoder/shared-cache.ts';
 import { defaultModelDir } from './generate.ts';
 import { describeTiling, nonNegativeInt, positiveInt, tilingFromFlags, tilingOptions } from './args.ts';
 
-export const ROLES = ['text-encoder', 'denoiser', 'decoder', 'gateway', 'all'] as const;
+export const ROLES = ['text-encoder', 'denoiser', 'decoder', 'gateway', 'worker', 'all'] as const;
 export type Role = (typeof ROLES)[number];
-type StageRole = Exclude<Role, 'gateway' | 'all'>;
+type StageRole = Exclude<Role, 'gateway' | 'worker' | 'all'>;
 
 /** Default gRPC and metrics ports per role, so the four can also run side by side on one machine. */
 const DEFAULT_PORTS: Record<Role, { grpc: number; metrics: number }> = {
@@ -28,6 +34,7 @@ const DEFAULT_PORTS: Record<Role, { grpc: number; metrics: number }> = {
   'text-encoder': { grpc: 50052, metrics: 9465 },
   denoiser: { grpc: 50053, metrics: 9466 },
   decoder: { grpc: 50054, metrics: 9467 },
+  worker: { grpc: 0, metrics: 9468 }, // a worker serves no gRPC
 };
 
 export interface ServeConfig {
@@ -49,6 +56,14 @@ export interface ServeConfig {
   /** the decoder's tiling of large images (default DEFAULT_TILING); false decodes them whole */
   tiling?: TilingOptions | false;
   shutdownGraceSeconds: number;
+  /** NATS server URL(s): the Jobs API on the gateway, the workers, the shared embedding cache; none without it */
+  nats?: string;
+  /** the job queue's settings (gateway, worker, all) */
+  jobs?: Partial<JobQueueOptions>;
+  /** worker (and all with --nats): jobs run at once */
+  jobConcurrency?: number;
+  /** text-encoder (and all with --nats): the shared embedding cache's TTL and byte bound */
+  sharedCache?: { ttlSeconds?: number; maxBytes?: number };
 }
 
 export interface Serving {
@@ -59,6 +74,8 @@ export interface Serving {
   metricsPort?: number;
   /** resolves once health reports SERVING (models loaded and warmed up, stages reached) */
   ready: Promise<void>;
+  /** the job worker of `worker` (and of `all` with --nats), once it pulls */
+  worker?: JobWorker;
   close(): Promise<void>;
 }
 
@@ -94,7 +111,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
   };
   const { ready } =
     role === 'text-encoder'
-      ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, session), warmUpTextEncoder)
+      ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, { ...session, sharedCache: shared.sharedCache }), warmUpTextEncoder)
       : role === 'denoiser'
         ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, session), warmUpDenoiser)
         : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling: config.tiling }), warmUpDecoder);
@@ -105,6 +122,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
 interface Shared {
   registry: Registry;
   logger?: Logger;
+  sharedCache?: KvEmbeddingCache;
 }
 
 /**
@@ -120,12 +138,56 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
   let ready: Promise<void>;
   let address: string;
   let metrics: MetricsServer | undefined;
+  let nc: NatsConnection | undefined;
+  let worker: JobWorker | undefined;
+  const log = shared.logger ?? createLogger(config.role);
   try {
     if (config.metricsPort >= 0) {
       metrics = await startMetricsServer(registry, config.metricsHost, config.metricsPort);
       closers.push(() => metrics!.close());
     }
-    if (config.role === 'gateway' || config.role === 'all') {
+    if (config.nats) {
+      nc = await connectNats(config.nats, `sana-${config.role}`).catch((e: Error) => {
+        throw new Error(`cannot reach NATS at ${config.nats}: ${e.message}`);
+      });
+      const conn = nc;
+      closers.push(async () => {
+        await shared.sharedCache?.flush();
+        await conn.drain().catch(() => conn.close());
+      });
+      if ((config.role === 'text-encoder' || config.role === 'all') && config.model) {
+        shared.sharedCache = await KvEmbeddingCache.open(nc, {
+          modelKey: embeddingModelKey(path.join(config.model, 'text_encoder'), path.join(config.model, 'tokenizer')),
+          ...config.sharedCache,
+          registry,
+          log,
+        });
+      }
+    }
+    const queue = nc && config.role !== 'text-encoder' && config.role !== 'denoiser' && config.role !== 'decoder' ? await JobQueue.open(nc, config.jobs) : undefined;
+    const jobMetrics = queue && new JobMetrics(registry, config.role === 'worker' ? 'worker' : 'gateway', queue);
+    /** Pulls jobs once `stages` answer; stopped (running jobs drained for the grace period) on close. */
+    const startWorker = (stages: RemoteStages, stagesReady: Promise<unknown>) => {
+      let closing = false;
+      const started = stagesReady.then(async () => {
+        if (closing) return;
+        worker = await startJobWorker(queue!, stages, { concurrency: config.jobConcurrency, metrics: jobMetrics, log: log.child({ service: 'worker' }) });
+      });
+      closers.unshift(async () => {
+        closing = true;
+        await started.catch(() => undefined);
+        await worker?.stop(config.shutdownGraceSeconds);
+      });
+      return started;
+    };
+    if (config.role === 'worker') {
+      const stages = new RemoteStages(config.stages);
+      const giveUp = new AbortController();
+      closers.push(() => stages.close());
+      ready = startWorker(stages, connectStages(stages, log, giveUp.signal));
+      closers.unshift(() => giveUp.abort()); // first: the worker's closer waits for the stages to answer
+      address = '';
+    } else if (config.role === 'gateway' || config.role === 'all') {
       let stageAddresses = config.stages;
       let stagesReady: Promise<unknown> = Promise.resolve();
       if (config.role === 'all') {
@@ -156,6 +218,7 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       });
       const stages = new RemoteStages(stageAddresses);
       addGenerationService(gateway, stages, { authToken: config.authToken });
+      if (queue) addJobsService(gateway, stages, queue, { authToken: config.authToken, metrics: jobMetrics });
       await gateway.listen();
       hosts.unshift(gateway);
       let connecting: { stop(): void; ready: Promise<void> } | undefined;
@@ -165,6 +228,8 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
         connecting = connectInBackground(gateway, stages);
         return connecting.ready;
       });
+      // `all` with --nats is a whole async deployment in one process: it runs a worker too
+      if (queue && config.role === 'all') ready = startWorker(stages, ready);
       // the gateway stops first (drains its requests), then the stages it was calling
       closers.unshift(
         () => {
@@ -193,10 +258,27 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
     address,
     metricsPort: metrics?.port,
     ready,
+    get worker() {
+      return worker;
+    },
     close: async () => {
       for (const close of closers) await close();
     },
   };
+}
+
+/** Reaches the stages, retrying every second until they answer (a worker may start before them). */
+async function connectStages(stages: RemoteStages, log: Logger, signal: AbortSignal): Promise<void> {
+  let lastError = '';
+  while (!signal.aborted) {
+    try {
+      return await stages.connect();
+    } catch (e) {
+      if ((e as Error).message !== lastError) log.warn({ err: (e as Error).message }, 'stages not reachable yet; retrying');
+      lastError = (e as Error).message;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
 }
 
 // ---- the command ----
@@ -220,18 +302,32 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
   for (const h of serving.hosts) {
     row(h.options.name, `${h.options.host}:${h.port} (in flight ≤ ${h.options.admission.maxInFlight}, queue ≤ ${h.options.admission.maxQueue})`);
   }
-  if (config.role === 'gateway') {
+  if (config.role === 'gateway' || config.role === 'worker') {
     row('text-encoder at', config.stages.textEncoder.join(', '));
     row('denoiser at', config.stages.denoiser.join(', '));
     row('decoder at', config.stages.decoder.join(', '));
   }
   if (config.role === 'gateway' || config.role === 'all') row('auth', config.authToken ? 'bearer token required' : 'off');
+  row('nats', config.nats ? `${config.nats} (${describeNatsUse(config.role)})` : 'off');
+  if (config.nats && (config.role === 'worker' || config.role === 'all')) row('job concurrency', config.jobConcurrency ?? 1);
   row('metrics', serving.metricsPort !== undefined ? `http://${config.metricsHost}:${serving.metricsPort}/metrics` : 'off');
   row('threads', config.threads ?? 'all cores');
   if (config.role !== 'gateway' && config.tiling !== undefined) row('tiling', describeTiling(config.tiling));
   row('log level', process.env.SANA_LOG_LEVEL ?? 'info');
   row('shutdown grace', `${config.shutdownGraceSeconds} s`);
   return lines;
+}
+
+function describeNatsUse(role: Role): string {
+  const uses: Record<Role, string> = {
+    'text-encoder': 'shared embedding cache',
+    denoiser: 'unused',
+    decoder: 'unused',
+    gateway: 'Jobs API',
+    worker: 'pulls jobs',
+    all: 'Jobs API, a worker, shared embedding cache',
+  };
+  return uses[role];
 }
 
 export function registerServe(program: Command): void {
@@ -253,16 +349,26 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--auth-token <token>', 'gateway: require "authorization: Bearer <token>" on Generate').env('SANA_AUTH_TOKEN'))
     .addOption(new Option('--threads <n>', 'ONNX Runtime threads per session (default: all cores)').env('SANA_THREADS').argParser(positiveInt))
     .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
+    .addOption(new Option('--nats <url>', 'NATS server(s), e.g. nats://nats:4222: Jobs API (gateway), job pulling (worker), shared embedding cache (text-encoder)').env('SANA_NATS'))
+    .addOption(new Option('--job-concurrency <n>', 'worker: jobs run at once').env('SANA_JOB_CONCURRENCY').argParser(positiveInt).default(1))
+    .addOption(new Option('--job-ack-wait <seconds>', 'seconds without a worker heartbeat before a job is redelivered').env('SANA_JOB_ACK_WAIT').argParser(positiveInt))
+    .addOption(new Option('--job-max-deliver <n>', 'deliveries of a job before it fails to the dead letters').env('SANA_JOB_MAX_DELIVER').argParser(positiveInt))
+    .addOption(new Option('--job-result-ttl <seconds>', 'seconds the images of finished jobs are kept').env('SANA_JOB_RESULT_TTL').argParser(positiveInt))
+    .addOption(new Option('--shared-cache-ttl <seconds>', 'text-encoder: seconds an embedding stays in the shared cache').env('SANA_SHARED_CACHE_TTL').argParser(positiveInt))
+    .addOption(new Option('--shared-cache-mb <n>', 'text-encoder: MiB the shared embedding cache holds').env('SANA_SHARED_CACHE_MB').argParser(positiveInt))
     .action(async (role: Role, opts: {
       model?: string; host?: string; port?: number; metricsHost: string; metricsPort?: number; metrics: boolean;
       textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight: number; maxQueue: number;
       authToken?: string; threads?: number; shutdownGrace: number; tiling: boolean; tileSize?: number; tileOverlap?: number;
+      nats?: string; jobConcurrency: number; jobAckWait?: number; jobMaxDeliver?: number; jobResultTtl?: number;
+      sharedCacheTtl?: number; sharedCacheMb?: number;
     }) => {
-      const defaultModel = role !== 'gateway' && !opts.model;
+      if (role === 'worker' && !opts.nats) throw new CommanderArgumentError('sana serve worker needs --nats <url> (or SANA_NATS)');
+      const defaultModel = role !== 'gateway' && role !== 'worker' && !opts.model;
       const config: ServeConfig = {
         role,
         // like `sana generate`, the embedded default is the tiny random-weight checkpoint (noise images)
-        model: role === 'gateway' ? undefined : (opts.model ?? defaultModelDir()),
+        model: role === 'gateway' || role === 'worker' ? undefined : (opts.model ?? defaultModelDir()),
         host: opts.host ?? (role === 'all' ? '127.0.0.1' : '0.0.0.0'),
         port: opts.port ?? DEFAULT_PORTS[role].grpc,
         metricsHost: opts.metricsHost,
@@ -274,6 +380,10 @@ export function registerServe(program: Command): void {
         threads: opts.threads,
         tiling: tilingFromFlags(opts),
         shutdownGraceSeconds: opts.shutdownGrace,
+        nats: opts.nats,
+        jobs: { ackWaitSeconds: opts.jobAckWait, maxDeliver: opts.jobMaxDeliver, resultTtlSeconds: opts.jobResultTtl },
+        jobConcurrency: opts.jobConcurrency,
+        sharedCache: { ttlSeconds: opts.sharedCacheTtl, maxBytes: opts.sharedCacheMb && opts.sharedCacheMb * 2 ** 20 },
       };
       const serving = await startServe(config);
       for (const line of describeConfig(config, serving, defaultModel)) console.error(line);
@@ -297,7 +407,8 @@ export function registerServe(program: Command): void {
         await serving.close();
         process.exit(1);
       }
-      console.error(`sana serve: ready; ${config.role === 'all' || config.role === 'gateway' ? 'Generation' : config.role} serving on ${serving.address}`);
+      if (config.role === 'worker') console.error(`sana serve: ready; worker ${serving.worker?.id} pulling jobs from ${config.nats}`);
+      else console.error(`sana serve: ready; ${config.role === 'all' || config.role === 'gateway' ? 'Generation' : config.role} serving on ${serving.address}`);
     });
   for (const option of tilingOptions()) serve.addOption(option);
 }

@@ -18,7 +18,7 @@ import { createRegistry, ServiceMetrics } from './metrics.ts';
 import { MAX_MESSAGE_BYTES } from './tensor-chunks.ts';
 
 export const PROTO_ROOT = fileURLToPath(new URL('../../proto', import.meta.url));
-export const PROTO_FILES = ['sana/v1/generation.proto', 'sana/v1/text_encoder.proto', 'sana/v1/denoiser.proto', 'sana/v1/decoder.proto'];
+export const PROTO_FILES = ['sana/v1/generation.proto', 'sana/v1/text_encoder.proto', 'sana/v1/denoiser.proto', 'sana/v1/decoder.proto', 'sana/v1/jobs.proto'];
 export const HEALTH_SERVICE = 'grpc.health.v1.Health';
 
 /** Server options: the default 4 MiB message limit in both directions (chunking needs no more); keepalive to find dead peers. */
@@ -75,6 +75,8 @@ export interface CallScope {
 export interface StreamOptions<Req> {
   /** cheap checks before admission (auth, request shape): what it throws fails the call without queueing */
   precheck?: (request: Req, metadata: grpc.Metadata) => void;
+  /** false: no admission slot (calls that only read state, such as watching a job); default true */
+  admit?: boolean;
 }
 
 /** Writes to a response stream. */
@@ -235,14 +237,15 @@ export class ServiceHost {
     }
   }
 
-  unary<Req, Res>(method: string, handler: (request: Req, scope: CallScope) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  unary<Req, Res>(method: string, handler: (request: Req, scope: CallScope) => Promise<Res>, options: Pick<StreamOptions<Req>, 'precheck'> = {}): grpc.handleUnaryCall<Req, Res> {
     return (call, callback) => {
       let response: Res | undefined;
+      const precheck = options.precheck;
       void this.track(
         call as AnyCall,
         method,
         false,
-        undefined,
+        precheck && (() => precheck(call.request, call.metadata)),
         async (scope) => {
           response = await handler(call.request, scope);
         },
@@ -264,7 +267,7 @@ export class ServiceHost {
       void this.track(
         call as AnyCall,
         method,
-        true,
+        options.admit ?? true,
         precheck && (() => precheck(call.request, call.metadata)),
         async (scope) => {
           await handler(call.request, scope, responseWriter(call, scope.signal));

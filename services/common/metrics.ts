@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import type { EmbeddingCacheStats } from './stages.ts';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
 
-const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+export const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 const STEP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 /** A registry with the default process metrics (CPU, memory, event-loop lag, GC, handles). */
@@ -16,7 +16,7 @@ export function createRegistry(): Registry {
   return registry;
 }
 
-function metric<M extends Metric>(registry: Registry, name: string, make: () => M): M {
+export function metric<M extends Metric>(registry: Registry, name: string, make: () => M): M {
   return (registry.getSingleMetric(name) as M | undefined) ?? make();
 }
 

@@ -50,7 +50,7 @@ export function toGenerateArgs(req: GenerateRequest): GenerateArgs {
   };
 }
 
-function bearerCheck(token: string): (metadata: grpc.Metadata) => void {
+export function bearerCheck(token: string): (metadata: grpc.Metadata) => void {
   const expected = crypto.createHash('sha256').update(`Bearer ${token}`).digest();
   return (metadata) => {
     const given = metadata.get('authorization')[0];

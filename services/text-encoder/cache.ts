@@ -8,6 +8,13 @@ export interface CachedEmbedding {
   mask: BigInt64Array;
 }
 
+/** What LocalTextEncoder needs of a second cache level (the NATS one: shared-cache.ts): lookups by key, and stores. */
+export interface SharedEmbeddingCache {
+  get(key: string): Promise<CachedEmbedding | undefined>;
+  /** stores in the background; a failure only costs a later miss */
+  set(key: string, value: CachedEmbedding): void;
+}
+
 export interface CacheKeyParts {
   prompt: string;
   /** the instruction text, or null when none is used */

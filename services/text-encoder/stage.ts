@@ -7,6 +7,7 @@ import type { EncodeRequest, EncodeResult, StageContext, TextEncoderInfo, TextEn
 import { tensor } from '../common/tensor.ts';
 import { type CachedEmbedding, cacheKey, EmbeddingCache } from './cache.ts';
 import { Gemma2Model } from './gemma2.ts';
+import type { SharedEmbeddingCache } from './cache.ts';
 import { assembleTexts, chiBudget, chiLengthWithSpecials, chiText, preprocessPrompt } from './prompt.ts';
 import { HfTokenizer, type TextTokenizer } from './tokenizer.ts';
 
@@ -28,6 +29,8 @@ export interface LocalTextEncoderOptions extends SessionOptions {
   maxPrompts?: number;
   /** a tokenizer to use instead of the tokenizer/ folder's */
   tokenizer?: TextTokenizer;
+  /** a second cache level shared with other replicas (shared-cache.ts), asked on a first-level miss */
+  sharedCache?: SharedEmbeddingCache;
 }
 
 const DEFAULTS = { cacheBytes: 256 * 2 ** 20, maxBatch: 8, maxPromptLength: 256 * 1024, maxPrompts: 64 };
@@ -37,6 +40,7 @@ export class LocalTextEncoder implements TextEncoderStage {
   private readonly inFlight = new Map<string, Promise<CachedEmbedding>>();
   private readonly chiLengths = new Map<string, number>();
   private readonly limits: typeof DEFAULTS;
+  private readonly sharedCache: SharedEmbeddingCache | undefined;
   /** rows that went through Gemma-2 (cache misses that were not already being encoded) */
   encodedRows = 0;
 
@@ -53,6 +57,7 @@ export class LocalTextEncoder implements TextEncoderStage {
     };
     if (!Number.isSafeInteger(this.limits.maxBatch) || this.limits.maxBatch < 1) throw new RangeError(`maxBatch must be a positive integer, got ${this.limits.maxBatch}`);
     this.cache = new EmbeddingCache(this.limits.cacheBytes);
+    this.sharedCache = options.sharedCache;
   }
 
   /** From a pipeline folder (its text_encoder/ and tokenizer/) or from the two component folders. */
@@ -63,11 +68,11 @@ export class LocalTextEncoder implements TextEncoderStage {
       if (!parts.tokenizer) throw new Error('LocalTextEncoder.load: give a tokenizer/ folder or options.tokenizer');
       tokenizer = HfTokenizer.load(parts.tokenizer);
     }
-    const { cacheBytes, maxBatch, maxPromptLength, maxPrompts, tokenizer: _, ...sessionOptions } = options;
+    const { cacheBytes, maxBatch, maxPromptLength, maxPrompts, sharedCache, tokenizer: _, ...sessionOptions } = options;
     // Prepacking buys no speed at prompt lengths but costs a minute of start-up and a private copy of 10 GB of
     // weights (bench/text-encoder.ts --no-prepack), so the encoder keeps its weights in the page cache by default.
     const model = await Gemma2Model.load(parts.textEncoder, { ...sessionOptions, disablePrepacking: sessionOptions.disablePrepacking ?? true });
-    return new LocalTextEncoder(model, tokenizer, { cacheBytes, maxBatch, maxPromptLength, maxPrompts });
+    return new LocalTextEncoder(model, tokenizer, { cacheBytes, maxBatch, maxPromptLength, maxPrompts, sharedCache });
   }
 
   /** Around an already loaded model (benchmarks, or sharing one model between stages). */
@@ -144,23 +149,37 @@ export class LocalTextEncoder implements TextEncoderStage {
       else missing.set(key, texts[i]);
     });
     const todo = [...missing].map(([key, text]) => ({ key, text }));
-    for (let start = 0; start < todo.length; start += this.limits.maxBatch) {
-      const chunk = todo.slice(start, start + this.limits.maxBatch);
-      const run = this.encodeRows(chunk.map((m) => m.text), chi, msl, ctx);
-      chunk.forEach((m, j) => {
-        const row = run.then((rows) => rows[j]);
-        row.catch(() => {}); // awaited below; this only keeps an early failure from being reported as unhandled
-        this.inFlight.set(m.key, row);
-        pending.set(m.key, row);
-        void row.then(
-          (value) => {
-            this.cache.set(m.key, value);
-            this.inFlight.delete(m.key);
-          },
-          () => this.inFlight.delete(m.key),
-        );
-      });
-    }
+    // the shared level first (one lookup per key, all at once), then Gemma-2 for what no replica has encoded
+    const shared = this.sharedCache && todo.length > 0 ? Promise.all(todo.map((m) => this.sharedCache!.get(m.key))) : undefined;
+    const toEncode = shared ? shared.then((found) => todo.filter((_, i) => !found[i])) : Promise.resolve(todo);
+    const encoded = toEncode.then(async (rest) => {
+      const rows = new Map<string, CachedEmbedding>();
+      const batches = [];
+      for (let start = 0; start < rest.length; start += this.limits.maxBatch) batches.push(rest.slice(start, start + this.limits.maxBatch));
+      await Promise.all(
+        batches.map(async (chunk) => {
+          const out = await this.encodeRows(chunk.map((m) => m.text), chi, msl, ctx);
+          chunk.forEach((m, j) => {
+            rows.set(m.key, out[j]);
+            this.sharedCache?.set(m.key, out[j]);
+          });
+        }),
+      );
+      return rows;
+    });
+    todo.forEach((m, j) => {
+      const row = Promise.all([shared, encoded]).then(([found, rows]) => found?.[j] ?? rows.get(m.key)!);
+      row.catch(() => {}); // awaited below; this only keeps an early failure from being reported as unhandled
+      this.inFlight.set(m.key, row);
+      pending.set(m.key, row);
+      void row.then(
+        (value) => {
+          this.cache.set(m.key, value);
+          this.inFlight.delete(m.key);
+        },
+        () => this.inFlight.delete(m.key),
+      );
+    });
 
     const rows = await Promise.all(keys.map((k) => pending.get(k)!));
     const hidden = this.model.config.hidden_size;
