@@ -15,14 +15,9 @@ import { warmUpDenoiser } from '../services/denoiser/server.ts';
 import { generate, loadLocalStages, type LocalStages } from '../services/gateway/pipeline.ts';
 import { warmUpTextEncoder } from '../services/text-encoder/server.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
-import { median, printTable } from './util.ts';
+import { median, printTable, quantile } from './util.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-
-function quantile(values: number[], q: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)];
-}
 
 /** Starts `sana serve all` and waits for its "ready" line; returns the gateway and metrics addresses. */
 async function startServer(modelDir: string, maxInFlight: number, maxQueue: number): Promise<{ child: ChildProcess; gateway: string; metrics: string }> {

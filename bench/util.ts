@@ -13,6 +13,12 @@ export function median(values: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+/** The q-quantile as the smallest value with at least q of the values at or below it (p99 of < 100 values: the max). */
+export function quantile(values: number[], q: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)];
+}
+
 /** Runs `fn` `warmup` times untimed, then `repeats` times; returns the seconds of each timed run. */
 export async function timeRuns(fn: () => Promise<unknown>, repeats: number, warmup = 1): Promise<number[]> {
   for (let i = 0; i < warmup; i++) await fn();

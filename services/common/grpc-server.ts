@@ -213,10 +213,12 @@ export class ServiceHost {
         scope.queuedSeconds = (performance.now() - waitStart) / 1000;
         this.metrics.queueSeconds.observe({ service }, scope.queuedSeconds);
       }
+      const executionStart = performance.now();
       try {
         await work(scope);
       } finally {
         release?.();
+        if (admit) this.metrics.executionSeconds.observe({ service }, (performance.now() - executionStart) / 1000);
       }
     } catch (error) {
       const status = toStatus(error);

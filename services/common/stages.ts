@@ -88,10 +88,21 @@ export interface DenoiseContext extends StageContext {
   previewEvery?: number;
 }
 
+/** Running totals of the transformer forwards a denoiser ran, for the mean batch size. */
+export interface ForwardStats {
+  forwards: number;
+  /** rows of all forwards (a guided image is two rows) */
+  rows: number;
+  /** rows of the largest forward */
+  largest: number;
+}
+
 export interface DenoiserStage {
   info(): DenoiserInfo;
   /** Runs every solver step and returns the final latents [B, C, h, w]. */
   denoise(request: DenoiseRequest, ctx?: DenoiseContext): Promise<HostTensor<Float32Array>>;
+  /** running totals of its forwards, where it runs them itself */
+  forwardStats?(): ForwardStats;
 }
 
 // ---- decoder ----

@@ -68,6 +68,8 @@ export function addDenoiserService(host: ServiceHost, slot: StageSlot<DenoiserSt
             onStep: (event) => {
               host.metrics.denoiserSteps.inc({ service });
               host.metrics.denoiserStepSeconds.observe({ service }, event.seconds);
+              const forwards = stage.forwardStats?.();
+              if (forwards) host.metrics.recordForwards(forwards);
               // previews are optional: skipped while the client is not keeping up
               if (event.latents) out.offer([...tensorChunks(event.latents)].map((value) => ({ output: { $case: 'preview' as const, value } })));
               out.push({ output: { $case: 'step', value: { step: event.step, numInferenceSteps: event.total, timestep: event.timestep, seconds: event.seconds } } });

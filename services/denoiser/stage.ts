@@ -3,12 +3,12 @@
 import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
-import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage } from '../common/stages.ts';
+import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage, ForwardStats } from '../common/stages.ts';
 import { firstNonFinite, type HostTensor } from '../common/tensor.ts';
 import { ConfigError } from '../common/config.ts';
 import { type FlowDpmSolverSettings, loadSchedulerSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
 import { LinearDit } from './linear-dit.ts';
-import { type BatchingOptions, DenoiseJob, type ForwardStats, StepBatcher } from './step-batcher.ts';
+import { type BatchingOptions, DenoiseJob, StepBatcher } from './step-batcher.ts';
 
 export interface LocalDenoiserOptions extends SessionOptions {
   batching?: BatchingOptions;

@@ -9,7 +9,7 @@
 // Each row of the transformer is an independent sample (per-row timestep, caption and mask; no op mixes rows),
 // so a request's result does not depend on who shares its batch, up to the GEMM's summation order.
 import { CancelledError } from '../common/errors.ts';
-import type { DenoiseContext, DenoiseRequest } from '../common/stages.ts';
+import type { DenoiseContext, DenoiseRequest, ForwardStats } from '../common/stages.ts';
 import { concatRows, type HostTensor, tensor } from '../common/tensor.ts';
 import { FlowDpmSolver, type FlowDpmSolverSettings } from './flow-dpm-solver.ts';
 import { applyGuidance, firstChannels } from './guidance.ts';
@@ -20,14 +20,6 @@ export interface BatchingOptions {
   maxRows: number;
   /** milliseconds an idle batcher waits for more requests before its first forward (0: start at once) */
   maxWaitMs: number;
-}
-
-/** Running totals of the forwards a denoiser ran, for the mean batch size. */
-export interface ForwardStats {
-  forwards: number;
-  rows: number;
-  /** rows of the largest forward */
-  largest: number;
 }
 
 /** One request's denoising loop, advanced one step at a time by whoever runs its forwards. */
