@@ -4,12 +4,15 @@
 // random caption (SANA's 300 tokens). Per row: images/s, p50/p99 latency, mean batch rows per forward, the mean
 // wait before a request's first step (queue) and from there to its end (execution), and how far each batched
 // result is from the unbatched one of the same request (max |a-b| / max |b|, the parity measure).
+import fs from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
 import type { DenoiseRequest, StepEvent } from '../services/common/stages.ts';
 import { type HostTensor, tensor } from '../services/common/tensor.ts';
 import { torchRandn } from '../services/common/torch-randn.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
+import { PRESETS } from '../services/cli/presets.ts';
+import { cacheRoot } from '../services/common/compile-cache.ts';
 import { LocalDenoiser } from '../services/denoiser/stage.ts';
 import { median, peakRssGiB, printTable, quantile } from './util.ts';
 
@@ -30,7 +33,7 @@ export async function run(argv: string[]): Promise<void> {
   const levels = opts.concurrency.split(',').map(Number);
   const steps = Number(opts.steps);
   const side = Number(opts.res) / VAE_SCALE;
-  const modelDir = cachedRandomCheckpoint(opts.preset);
+  const modelDir = denoiserFolder(opts.preset);
   const solo = await LocalDenoiser.load(modelDir);
   const batched = await LocalDenoiser.load(modelDir, { batching: { maxRows: Number(opts.batchRows), maxWaitMs: 0 } });
   const { captionChannels: d, inChannels: c } = solo.info();
@@ -117,6 +120,20 @@ export async function run(argv: string[]): Promise<void> {
         `result of the same request (max |a-b| / max |b|). peak RSS ${peakRssGiB().toFixed(2)} GiB`,
     );
   }
+}
+
+/**
+ * A folder with the preset's transformer and a scheduler: the preset's own, else SANA's (transformer-only
+ * presets have none), beside a link to the cached transformer.
+ */
+function denoiserFolder(preset: string): string {
+  const checkpoint = cachedRandomCheckpoint(preset);
+  if (fs.existsSync(path.join(checkpoint, 'scheduler'))) return checkpoint;
+  const dir = path.join(cacheRoot(), 'bench', `denoiser-${preset}`);
+  fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(PRESETS['sana-600m-512-full'].scheduler));
+  if (!fs.existsSync(path.join(dir, 'transformer'))) fs.symlinkSync(path.join(checkpoint, 'transformer'), path.join(dir, 'transformer'));
+  return dir;
 }
 
 function relativeError(a: Float32Array, b: Float32Array): number {

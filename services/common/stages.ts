@@ -8,6 +8,8 @@ export interface StageContext {
   signal?: AbortSignal;
   /** travels through the stages in gRPC metadata and log lines */
   requestId?: string;
+  /** told how long a remote stage kept the call waiting for admission (its queue) before executing it */
+  onQueued?: (seconds: number) => void;
 }
 
 // ---- text encoder ----

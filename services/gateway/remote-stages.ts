@@ -8,6 +8,7 @@ import type { ImageChunk } from '../common/gen/sana/v1/image.ts';
 import { TextEncoderClient, type EncodeResponse } from '../common/gen/sana/v1/text_encoder.ts';
 import { ClientPool, readResponses, requestMetadata, unaryCall, writeRequests } from '../common/grpc-client.ts';
 import { Status, StatusError } from '../common/grpc-status.ts';
+import { QUEUED_SECONDS_KEY } from '../common/logging.ts';
 import type {
   DecodedImage,
   DecodeRequest as StageDecodeRequest,
@@ -116,6 +117,7 @@ export class RemoteTextEncoder extends RemoteStage<TextEncoderClient, TextEncode
         },
         requestMetadata(ctx.requestId),
       );
+      reportQueue(call, ctx);
       await readResponses(
         call,
         this.stageName,
@@ -145,6 +147,7 @@ export class RemoteDenoiser extends RemoteStage<DenoiserClient, DenoiserInfo> im
       let preview = previewAssembler();
       const latents = new TensorAssembler({ field: 'latents', type: 'float32', rank: 4, maxBytes });
       const call = client.denoise(requestMetadata(ctx.requestId));
+      reportQueue(call, ctx);
       const received = readResponses(
         call,
         this.stageName,
@@ -168,6 +171,15 @@ export class RemoteDenoiser extends RemoteStage<DenoiserClient, DenoiserInfo> im
   }
 }
 
+/** Passes the stage's admission wait (its trailing metadata, which arrives before the stream's end) to the caller. */
+function reportQueue(call: grpc.ClientReadableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>, ctx: StageContext): void {
+  if (!ctx.onQueued) return;
+  call.once('status', (status: grpc.StatusObject) => {
+    const value = status.metadata.get(QUEUED_SECONDS_KEY)[0];
+    if (value !== undefined) ctx.onQueued?.(Number(value));
+  });
+}
+
 function* denoiseMessages(request: StageDenoiseRequest, previewEvery: number): Generator<DenoiseRequest> {
   yield { input: { $case: 'settings', value: { numInferenceSteps: request.numInferenceSteps, guidanceScale: request.guidanceScale, previewEvery } } };
   for (const value of tensorChunks(request.latents)) yield { input: { $case: 'latents', value } };
@@ -187,6 +199,7 @@ export class RemoteDecoder extends RemoteStage<DecoderClient, DecoderInfo> imple
     return this.onSomeReplica(async (client, answered) => {
       const images = new ImageAssembler(MAX_IMAGE_BYTES);
       const call = client.decode(requestMetadata(ctx.requestId));
+      reportQueue(call, ctx);
       const received = readResponses(call, this.stageName, (chunk: ImageChunk) => (answered(), images.add(chunk)), ctx.signal);
       await Promise.all([writeRequests(call, decodeMessages(request), ctx.signal), received]);
       return images.result();

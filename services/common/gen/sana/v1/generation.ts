@@ -116,6 +116,13 @@ export interface StageTimings {
   decodeSeconds: number;
   /** wall time of the whole request in the gateway, queueing excluded */
   totalSeconds: number;
+  /**
+   * seconds each stage kept the request in its admission queue, included in that stage's seconds above (the rest
+   * is execution); 0 in-process
+   */
+  encodeQueuedSeconds: number;
+  denoiseQueuedSeconds: number;
+  decodeQueuedSeconds: number;
 }
 
 /** The last message of a successful stream. */
@@ -614,7 +621,15 @@ export const LatentPreview: MessageFns<LatentPreview> = {
 };
 
 function createBaseStageTimings(): StageTimings {
-  return { encodeSeconds: 0, denoiseSeconds: 0, decodeSeconds: 0, totalSeconds: 0 };
+  return {
+    encodeSeconds: 0,
+    denoiseSeconds: 0,
+    decodeSeconds: 0,
+    totalSeconds: 0,
+    encodeQueuedSeconds: 0,
+    denoiseQueuedSeconds: 0,
+    decodeQueuedSeconds: 0,
+  };
 }
 
 export const StageTimings: MessageFns<StageTimings> = {
@@ -630,6 +645,15 @@ export const StageTimings: MessageFns<StageTimings> = {
     }
     if (message.totalSeconds !== 0) {
       writer.uint32(33).double(message.totalSeconds);
+    }
+    if (message.encodeQueuedSeconds !== 0) {
+      writer.uint32(41).double(message.encodeQueuedSeconds);
+    }
+    if (message.denoiseQueuedSeconds !== 0) {
+      writer.uint32(49).double(message.denoiseQueuedSeconds);
+    }
+    if (message.decodeQueuedSeconds !== 0) {
+      writer.uint32(57).double(message.decodeQueuedSeconds);
     }
     return writer;
   },
@@ -679,6 +703,30 @@ export const StageTimings: MessageFns<StageTimings> = {
             message.totalSeconds = reader.double();
             continue;
           }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.encodeQueuedSeconds = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.denoiseQueuedSeconds = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.decodeQueuedSeconds = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -700,6 +748,9 @@ export const StageTimings: MessageFns<StageTimings> = {
     message.denoiseSeconds = object.denoiseSeconds ?? 0;
     message.decodeSeconds = object.decodeSeconds ?? 0;
     message.totalSeconds = object.totalSeconds ?? 0;
+    message.encodeQueuedSeconds = object.encodeQueuedSeconds ?? 0;
+    message.denoiseQueuedSeconds = object.denoiseQueuedSeconds ?? 0;
+    message.decodeQueuedSeconds = object.decodeQueuedSeconds ?? 0;
     return message;
   },
 };
