@@ -79,7 +79,7 @@ export function printTable(rows: Record<string, string | number>[], json: boolea
     return;
   }
   if (rows.length === 0) return;
-  const keys = Object.keys(rows[0]);
+  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))]; // rows may leave columns out
   const cell = (v: string | number) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : v);
   const widths = keys.map((k) => Math.max(k.length, ...rows.map((r) => cell(r[k] ?? '').length)));
   const line = (vals: string[]) => vals.map((v, i) => v.padStart(widths[i])).join('  ');

@@ -136,7 +136,31 @@ export interface DecoderInfo {
   scalingFactor: number;
 }
 
+/**
+ * A finished tile of a tiled decode: final uint8 pixels of the decoded image (before the resize and crop back to
+ * the requested size that resolution binning needs), sent while the rest of the image still decodes.
+ */
+export interface ImageTile {
+  /** image of the batch */
+  index: number;
+  /** position and size in the decoded image, in pixels */
+  top: number;
+  left: number;
+  width: number;
+  height: number;
+  /** size of the whole decoded image */
+  imageWidth: number;
+  imageHeight: number;
+  /** RGB, row-major, 3 bytes per pixel */
+  pixels: Uint8Array;
+}
+
+export interface DecodeContext extends StageContext {
+  /** receives each finished tile of a tiled decode (large images only); awaited, so a slow reader slows the decode */
+  onTile?: (tile: ImageTile) => Promise<void> | void;
+}
+
 export interface DecoderStage {
   info(): DecoderInfo;
-  decode(request: DecodeRequest, ctx?: StageContext): Promise<DecodedImage[]>;
+  decode(request: DecodeRequest, ctx?: DecodeContext): Promise<DecodedImage[]>;
 }

@@ -11,6 +11,7 @@ import { InvalidArgumentError } from '../common/errors.ts';
 import { FORMATS, intInRange, LIMITS } from '../common/limits.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type {
+  DecodeContext,
   DecodedImage,
   DecoderStage,
   DenoiserStage,
@@ -104,6 +105,8 @@ export interface GenerateContext {
   onStep?: (event: StepEvent) => void;
   previewEvery?: number;
   onStage?: (stage: 'encode' | 'denoise' | 'decode', seconds: number) => void;
+  /** finished tiles of large images while they decode (see DecodeContext) */
+  onTile?: DecodeContext['onTile'];
 }
 
 export interface GenerateResult {
@@ -289,7 +292,7 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
 
   // 4. decoding to images of the requested size
   const decodeStart = performance.now();
-  const images = await stages.decoder.decode({ latents: finalLatents, format: a.format, width: a.width, height: a.height, quality: a.quality }, stageCtx('decode'));
+  const images = await stages.decoder.decode({ latents: finalLatents, format: a.format, width: a.width, height: a.height, quality: a.quality }, { ...stageCtx('decode'), onTile: ctx.onTile });
   const decodeSeconds = (performance.now() - decodeStart) / 1000;
   ctx.onStage?.('decode', decodeSeconds);
 

@@ -1,8 +1,10 @@
 // `sana serve all` with step-level batching and the capacity-derived compute budget, on the tiny checkpoint:
 // concurrent Generate calls share denoiser forwards yet each gets the in-process pipeline's exact image, and the
-// summary and the metrics split every stage's time into queue wait and execution.
+// summary and the metrics split every stage's time into queue wait and execution; a large image streams its
+// finished tiles before its chunks.
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServe, type Serving } from '../../services/cli/serve.ts';
 import { writeRandomCheckpoint } from '../../services/cli/checkpoint.ts';
@@ -94,5 +96,23 @@ describe('sana serve all with step-level batching', () => {
     for (const service of ['text-encoder', 'denoiser', 'decoder', 'gateway']) {
       expect(await metricValue('sana_execution_seconds', { service })).toBeGreaterThan(0);
     }
+  });
+
+  it('streams the finished tiles of a large image before its chunks; together they are the final image', async () => {
+    const request: Partial<GenerateRequest> = { prompt: ['a wide panorama'], seed: 5n, numInferenceSteps: 1, width: 1536, height: 512, useResolutionBinning: false, streamTiles: true };
+    const served = await callGenerate(serving.address, request);
+    expect(served.code, served.details).toBe(grpc.status.OK);
+    const kinds = served.events.map((e) => e.event!.$case);
+    const tiles = served.events.flatMap((e) => (e.event?.$case === 'tile' ? [e.event.value] : []));
+    expect(tiles.length).toBeGreaterThan(1); // 1024 px tiles every 896 px: two columns, in row bands
+    expect(kinds.indexOf('tile')).toBeLessThan(kinds.indexOf('image'));
+    expect(kinds.lastIndexOf('tile')).toBeLessThan(kinds.indexOf('image'));
+    const final = await sharp(served.images[0].bytes).raw().toBuffer();
+    const canvas = Buffer.alloc(final.length);
+    for (const t of tiles) {
+      expect([t.imageWidth, t.imageHeight]).toEqual([1536, 512]);
+      for (let y = 0; y < t.height; y++) t.pixels.copy(canvas, ((t.top + y) * 1536 + t.left) * 3, y * t.width * 3, (y + 1) * t.width * 3);
+    }
+    expect(canvas.equals(final)).toBe(true);
   });
 });

@@ -14,7 +14,7 @@ import {
   type Metadata,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { ImageChunk, ImageFormat } from "./image.js";
+import { ImageChunk, ImageFormat, ImageTile } from "./image.js";
 import { Tensor } from "./tensor.js";
 
 export const protobufPackage = "sana.v1";
@@ -84,6 +84,11 @@ export interface GenerateRequest {
     | undefined;
   /** stream the latents after every n-th denoising step (0, the default: no previews; at most 1000) */
   previewEvery: number;
+  /**
+   * send the finished tiles of large (tiled) decodes as they are blended (ImageTile events, skipped while the
+   * client does not keep up; the image chunks always follow; default false)
+   */
+  streamTiles?: boolean | undefined;
 }
 
 /** A denoising step finished. */
@@ -148,6 +153,7 @@ export interface GenerateResponse {
     | { $case: "preview"; value: LatentPreview }
     | { $case: "image"; value: ImageChunk }
     | { $case: "summary"; value: GenerateSummary }
+    | { $case: "tile"; value: ImageTile }
     | undefined;
 }
 
@@ -168,6 +174,7 @@ function createBaseGenerateRequest(): GenerateRequest {
     format: 0,
     quality: undefined,
     previewEvery: 0,
+    streamTiles: undefined,
   };
 }
 
@@ -220,6 +227,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.previewEvery !== 0) {
       writer.uint32(120).uint32(message.previewEvery);
+    }
+    if (message.streamTiles !== undefined) {
+      writer.uint32(128).bool(message.streamTiles);
     }
     return writer;
   },
@@ -357,6 +367,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.previewEvery = reader.uint32();
             continue;
           }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.streamTiles = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -389,6 +407,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.format = object.format ?? 0;
     message.quality = object.quality ?? undefined;
     message.previewEvery = object.previewEvery ?? 0;
+    message.streamTiles = object.streamTiles ?? undefined;
     return message;
   },
 };
@@ -909,6 +928,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
       case "summary":
         GenerateSummary.encode(message.event.value, writer.uint32(42).fork()).join();
         break;
+      case "tile":
+        ImageTile.encode(message.event.value, writer.uint32(50).fork()).join();
+        break;
     }
     return writer;
   },
@@ -966,6 +988,14 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
             message.event = { $case: "summary", value: GenerateSummary.decode(reader, reader.uint32()) };
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.event = { $case: "tile", value: ImageTile.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1011,6 +1041,12 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
       case "summary": {
         if (object.event?.value !== undefined && object.event?.value !== null) {
           message.event = { $case: "summary", value: GenerateSummary.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "tile": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "tile", value: ImageTile.fromPartial(object.event.value) };
         }
         break;
       }
