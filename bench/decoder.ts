@@ -4,6 +4,8 @@
 // tiled (4K: one run, its first tile warms up). Each resolution runs in its own process so its peak RSS is
 // its own.
 //
+// Tiled rows also say when the first finished tile was ready to stream (first_tile_s, and its share of the decode).
+//
 // `--seams 2048` decodes one latent whole and tiled and reports how far the tiled image is from the whole one,
 // inside the blended bands and elsewhere.
 import { spawn } from 'node:child_process';
@@ -62,7 +64,17 @@ async function runRow(opts: Options, vaeDir: string): Promise<void> {
   const warmups = tiled ? 0 : 1;
   const timed = tiled ? 1 : Number(opts.repeats);
   let sample: Awaited<ReturnType<typeof decoder.decodeSample>> | undefined;
-  const seconds = await timeRuns(async () => (sample = await decoder.decodeSample(z)), timed, warmups);
+  // tiled: when the first finished tile (uint8, as it is streamed) is ready, from the start of the decode
+  let firstTileSeconds = 0;
+  const seconds = await timeRuns(
+    async () => {
+      const started = performance.now();
+      const onTile = () => void (firstTileSeconds ||= (performance.now() - started) / 1000);
+      sample = await decoder.decodeSample(z, { onTile });
+    },
+    timed,
+    warmups,
+  );
   const t0 = performance.now();
   const [, ch, H, W] = sample!.dims;
   toUint8({ data: sample!.data, channels: ch, height: H, width: W });
@@ -81,6 +93,8 @@ async function runRow(opts: Options, vaeDir: string): Promise<void> {
     graph_gflops: Number((graphFlops / sec / 1e9).toFixed(1)),
     peak_rss_gib: Number(peakRssGiB().toFixed(2)),
     to_uint8_s: Number(toUint8Seconds.toFixed(3)),
+    first_tile_s: tiled ? Number(firstTileSeconds.toFixed(2)) : '',
+    first_tile_of_total: tiled ? `${((100 * firstTileSeconds) / sec).toFixed(1)}%` : '',
   };
   console.log(ROW_MARK + JSON.stringify(row));
 }
