@@ -1,5 +1,6 @@
 // The denoiser stage in-process: SanaPipeline's denoising loop (classifier-free guidance in one batch,
-// Flow-DPM-Solver steps) over a loaded Linear-DiT.
+// Flow-DPM-Solver steps) over a loaded Linear-DiT, run alone or, with batching on, in step-level batches shared
+// with other requests (step-batcher.ts).
 import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
