@@ -27,15 +27,16 @@ export async function run(argv: string[]): Promise<void> {
     .option('--requests <n>', 'requests per level (default: the concurrency)')
     .option('--steps <n>', 'num_inference_steps per request', '20')
     .option('--batch-rows <n>', 'rows per batched forward', '16')
+    .option('--batch-wait-ms <n>', 'how long an idle batcher waits for company (0, the server default: the first request starts alone)', '0')
     .option('--json', 'one JSON object per row')
     .parse(argv, { from: 'user' })
-    .opts<{ preset: string; res: string; concurrency: string; requests?: string; steps: string; batchRows: string; json?: boolean }>();
+    .opts<{ preset: string; res: string; concurrency: string; requests?: string; steps: string; batchRows: string; batchWaitMs: string; json?: boolean }>();
   const levels = opts.concurrency.split(',').map(Number);
   const steps = Number(opts.steps);
   const side = Number(opts.res) / VAE_SCALE;
   const modelDir = denoiserFolder(opts.preset);
   const solo = await LocalDenoiser.load(modelDir);
-  const batched = await LocalDenoiser.load(modelDir, { batching: { maxRows: Number(opts.batchRows), maxWaitMs: 0 } });
+  const batched = await LocalDenoiser.load(modelDir, { batching: { maxRows: Number(opts.batchRows), maxWaitMs: Number(opts.batchWaitMs) } });
   const { captionChannels: d, inChannels: c } = solo.info();
 
   const request = (seed: number): DenoiseRequest => {
@@ -115,7 +116,7 @@ export async function run(argv: string[]): Promise<void> {
   printTable(rows, Boolean(opts.json));
   if (!opts.json) {
     console.log(
-      `preset ${opts.preset}, ${opts.res} px, ${steps} steps, guided (2 rows per image), caption ${CAPTION_LENGTH} tokens; batch ≤ ${opts.batchRows} rows. ` +
+      `preset ${opts.preset}, ${opts.res} px, ${steps} steps, guided (2 rows per image), caption ${CAPTION_LENGTH} tokens; batch ≤ ${opts.batchRows} rows, max wait ${opts.batchWaitMs} ms. ` +
         'queue_s = mean wait before a request\'s first forward, exec_s = mean from there to its end; max_rel_err = batched vs unbatched ' +
         `result of the same request (max |a-b| / max |b|). peak RSS ${peakRssGiB().toFixed(2)} GiB`,
     );
