@@ -1,5 +1,6 @@
 // The Decoder gRPC service: a thin adapter over DecoderStage.decode. Latents arrive as a Tensor run; the encoded
-// images stream back in bounded chunks, one image after the other, at the pace the client reads them.
+// images stream back in bounded chunks, one image after the other, at the pace the client reads them. DecodeTiles
+// also sends each finished tile of a tiled decode as soon as it is blended, ahead of the chunks.
 import { InvalidArgumentError } from '../common/errors.ts';
 import { type DecodeEvent, DecoderService, type DecodeRequest, type DecodeSettings } from '../common/gen/sana/v1/decoder.ts';
 import type { ImageChunk } from '../common/gen/sana/v1/image.ts';
