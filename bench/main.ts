@@ -1,6 +1,7 @@
 // `npm run bench -- <stage> [options]`: benchmark tables for each stage. Each stage module parses its own
 // options and prints its rows.
 const stages: Record<string, () => Promise<{ run(argv: string[]): Promise<void> }>> = {
+  batching: () => import('./batching.ts'),
   decoder: () => import('./decoder.ts'),
   denoiser: () => import('./denoiser.ts'),
   serve: () => import('./serve.ts'),

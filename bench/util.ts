@@ -13,6 +13,12 @@ export function median(values: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+/** The q-quantile as the smallest value with at least q of the values at or below it (p99 of < 100 values: the max). */
+export function quantile(values: number[], q: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)];
+}
+
 /** Runs `fn` `warmup` times untimed, then `repeats` times; returns the seconds of each timed run. */
 export async function timeRuns(fn: () => Promise<unknown>, repeats: number, warmup = 1): Promise<number[]> {
   for (let i = 0; i < warmup; i++) await fn();
@@ -73,7 +79,7 @@ export function printTable(rows: Record<string, string | number>[], json: boolea
     return;
   }
   if (rows.length === 0) return;
-  const keys = Object.keys(rows[0]);
+  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))]; // rows may leave columns out
   const cell = (v: string | number) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : v);
   const widths = keys.map((k) => Math.max(k.length, ...rows.map((r) => cell(r[k] ?? '').length)));
   const line = (vals: string[]) => vals.map((v, i) => v.padStart(widths[i])).join('  ');

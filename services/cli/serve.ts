@@ -10,6 +10,7 @@ import { createLogger, type Logger } from '../common/logging.ts';
 import { createRegistry, startMetricsServer, type MetricsServer } from '../common/metrics.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import { bringUp, StageSlot } from '../common/stage-slot.ts';
+import { type BudgetSettings, gatewayInFlight, type StageName, stageBudget, stageThreads } from '../common/compute-budget.ts';
 import type { DecoderStage, DenoiserStage, TextEncoderStage } from '../common/stages.ts';
 import type { TilingOptions } from '../decoder/tiling.ts';
 import { connectNats, type NatsConnection } from '../common/nats.ts';
@@ -48,13 +49,20 @@ export interface ServeConfig {
   metricsPort: number;
   /** stage addresses for the gateway role */
   stages: StageAddresses;
-  maxInFlight: number;
+  /** requests each service handles at once; default: from its execution capacity (services/common/compute-budget.ts) */
+  maxInFlight?: number;
   maxQueue: number;
   authToken?: string;
-  /** ONNX Runtime intra-op threads per session (default: all cores) */
+  /** ONNX Runtime intra-op threads per session (default: the split of services/common/compute-budget.ts) */
   threads?: number;
   /** the decoder's tiling of large images (default DEFAULT_TILING); false decodes them whole */
   tiling?: TilingOptions | false;
+  /** per-stage intra-op threads, overriding `threads` */
+  stageThreads?: Partial<Record<StageName, number>>;
+  /** the denoiser's step-level batch bound in rows (0: off); default DEFAULT_BATCH_ROWS */
+  batchRows?: number;
+  /** milliseconds an idle denoiser waits to fill a batch; default 0 */
+  batchWaitMs?: number;
   shutdownGraceSeconds: number;
   /** NATS server URL(s): the Jobs API on the gateway, the workers, the shared embedding cache; none without it */
   nats?: string;
@@ -64,6 +72,13 @@ export interface ServeConfig {
   jobConcurrency?: number;
   /** text-encoder (and all with --nats): the shared embedding cache's TTL and byte bound */
   sharedCache?: { ttlSeconds?: number; maxBytes?: number };
+}
+
+/** Rows per batched denoiser forward by default: eight guided images. */
+export const DEFAULT_BATCH_ROWS = 16;
+
+function budgetSettings(config: ServeConfig): BudgetSettings {
+  return { threads: config.threads, stageThreads: config.stageThreads, maxInFlight: config.maxInFlight, batchRows: config.batchRows ?? DEFAULT_BATCH_ROWS };
 }
 
 export interface Serving {
@@ -84,14 +99,18 @@ interface Closable {
 }
 
 /** One stage service: listening (NOT_SERVING) at once, SERVING when its model is loaded and warmed up. */
-async function startStage(role: StageRole, config: ServeConfig, host: string, port: number, shared: Shared, admission: AdmissionLimits) {
+async function startStage(role: StageRole, config: ServeConfig, host: string, port: number, shared: Shared) {
   if (!config.model) throw new Error(`sana serve ${config.role}: --model (or SANA_MODEL) is required`);
   const modelDir = config.model;
   // on demand: the gateway role never loads the stage folders (ONNX Runtime, the tokenizer, sharp)
   const { addTextEncoderService, warmUpTextEncoder, LocalTextEncoder, addDenoiserService, warmUpDenoiser, LocalDenoiser, addDecoderService, warmUpDecoder, LocalDecoder } =
     await import('./stage-services.ts');
+  const budget = stageBudget(role, budgetSettings(config), config.role === 'all');
+  const admission: AdmissionLimits = { maxInFlight: budget.maxInFlight, maxQueue: config.maxQueue };
   const service = new ServiceHost({ name: role, host, port, registry: shared.registry, logger: shared.logger?.child({ service: role }), admission, shutdownGraceSeconds: config.shutdownGraceSeconds });
-  const session: SessionOptions = config.threads ? { intraOpThreads: config.threads } : {};
+  const session: SessionOptions = { intraOpThreads: budget.intraOpThreads, allowSpinning: false };
+  const batchRows = config.batchRows ?? DEFAULT_BATCH_ROWS;
+  const batching = batchRows > 0 ? { maxRows: batchRows, maxWaitMs: config.batchWaitMs ?? 0 } : undefined;
   let loading: Promise<Closable> | undefined;
   const serve = async <S extends object>(
     what: string,
@@ -113,7 +132,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
     role === 'text-encoder'
       ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, { ...session, sharedCache: shared.sharedCache }), warmUpTextEncoder)
       : role === 'denoiser'
-        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, session), warmUpDenoiser)
+        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, batching }), warmUpDenoiser)
         : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling: config.tiling }), warmUpDecoder);
   // closing while the model still loads waits for it, so its ONNX Runtime workers do not outlive the service
   return { service, ready, closeModel: async () => (await loading?.catch(() => undefined))?.close?.() };
@@ -134,7 +153,6 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
   const { registry } = shared;
   const hosts: ServiceHost[] = [];
   const closers: (() => Promise<unknown> | void)[] = [];
-  const limits = { maxInFlight: config.maxInFlight, maxQueue: config.maxQueue };
   let ready: Promise<void>;
   let address: string;
   let metrics: MetricsServer | undefined;
@@ -194,7 +212,7 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
         const { checkModelDir } = await import('./stage-services.ts');
         checkModelDir(config.model ?? ''); // names the missing component folders before anything starts
         // the three stages on loopback ports of this process; the gateway reaches them over gRPC like any other
-        const starting = (['text-encoder', 'denoiser', 'decoder'] as const).map((role) => startStage(role, config, '127.0.0.1', 0, shared, limits));
+        const starting = (['text-encoder', 'denoiser', 'decoder'] as const).map((role) => startStage(role, config, '127.0.0.1', 0, shared));
         // the stages that did start are closed below when another one fails
         for (const s of await Promise.allSettled(starting)) {
           if (s.status === 'fulfilled') {
@@ -213,7 +231,7 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
         port: config.port,
         registry,
         logger: shared.logger?.child({ service: 'gateway' }),
-        admission: limits,
+        admission: { maxInFlight: gatewayInFlight(budgetSettings(config), config.role === 'all'), maxQueue: config.maxQueue },
         shutdownGraceSeconds: config.shutdownGraceSeconds,
       });
       const stages = new RemoteStages(stageAddresses);
@@ -241,7 +259,7 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       );
       address = gateway.address;
     } else {
-      const s = await startStage(config.role, config, config.host, config.port, shared, limits);
+      const s = await startStage(config.role, config, config.host, config.port, shared);
       hosts.push(s.service);
       closers.push(() => s.service.shutdown(), s.closeModel);
       ready = s.ready.then(() => undefined);
@@ -311,8 +329,16 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
   row('nats', config.nats ? `${config.nats} (${describeNatsUse(config.role)})` : 'off');
   if (config.nats && (config.role === 'worker' || config.role === 'all')) row('job concurrency', config.jobConcurrency ?? 1);
   row('metrics', serving.metricsPort !== undefined ? `http://${config.metricsHost}:${serving.metricsPort}/metrics` : 'off');
-  row('threads', config.threads ?? 'all cores');
-  if (config.role !== 'gateway' && config.tiling !== undefined) row('tiling', describeTiling(config.tiling));
+  if (config.role !== 'gateway' && config.role !== 'worker') {
+    const settings = budgetSettings(config);
+    const stages = config.role === 'all' ? (['text-encoder', 'denoiser', 'decoder'] as const) : [config.role];
+    row('threads', stages.map((s) => `${s} ${stageThreads(s, settings, config.role === 'all')}`).join(', ') + ' (spinning off)');
+  }
+  if (config.role === 'all' || config.role === 'denoiser') {
+    const rows = config.batchRows ?? DEFAULT_BATCH_ROWS;
+    row('batching', rows > 0 ? `step-level, ≤ ${rows} rows per forward, max wait ${config.batchWaitMs ?? 0} ms` : 'off');
+  }
+  if (config.role !== 'gateway' && config.role !== 'worker' && config.tiling !== undefined) row('tiling', describeTiling(config.tiling));
   row('log level', process.env.SANA_LOG_LEVEL ?? 'info');
   row('shutdown grace', `${config.shutdownGraceSeconds} s`);
   return lines;
@@ -344,10 +370,15 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--text-encoder <addresses>', 'gateway: text-encoder addresses, comma-separated (e.g. dns:///sana-text-encoder:50052)').env('SANA_TEXT_ENCODER_ADDRESS').argParser(addressList).default(['127.0.0.1:50052']))
     .addOption(new Option('--denoiser <addresses>', 'gateway: denoiser addresses, comma-separated').env('SANA_DENOISER_ADDRESS').argParser(addressList).default(['127.0.0.1:50053']))
     .addOption(new Option('--decoder <addresses>', 'gateway: decoder addresses, comma-separated').env('SANA_DECODER_ADDRESS').argParser(addressList).default(['127.0.0.1:50054']))
-    .addOption(new Option('--max-in-flight <n>', 'requests handled at once').env('SANA_MAX_IN_FLIGHT').argParser(positiveInt).default(4))
+    .addOption(new Option('--max-in-flight <n>', 'requests each service handles at once (default: its execution capacity; gateway alone: 4)').env('SANA_MAX_IN_FLIGHT').argParser(positiveInt))
     .addOption(new Option('--max-queue <n>', 'requests waiting beyond those; more get RESOURCE_EXHAUSTED').env('SANA_MAX_QUEUE').argParser(nonNegativeInt).default(32))
     .addOption(new Option('--auth-token <token>', 'gateway: require "authorization: Bearer <token>" on Generate').env('SANA_AUTH_TOKEN'))
-    .addOption(new Option('--threads <n>', 'ONNX Runtime threads per session (default: all cores)').env('SANA_THREADS').argParser(positiveInt))
+    .addOption(new Option('--threads <n>', 'ONNX Runtime threads per session (default: all cores; in `all` the text encoder and decoder get half)').env('SANA_THREADS').argParser(positiveInt))
+    .addOption(new Option('--text-encoder-threads <n>', 'threads of the text encoder session (overrides --threads)').env('SANA_TEXT_ENCODER_THREADS').argParser(positiveInt))
+    .addOption(new Option('--denoiser-threads <n>', 'threads of the denoiser session (overrides --threads)').env('SANA_DENOISER_THREADS').argParser(positiveInt))
+    .addOption(new Option('--decoder-threads <n>', 'threads of the decoder session (overrides --threads)').env('SANA_DECODER_THREADS').argParser(positiveInt))
+    .addOption(new Option('--batch-rows <n>', `denoiser: rows per step-level batched forward (a guided image is 2; 0: batching off)`).env('SANA_BATCH_ROWS').argParser(nonNegativeInt).default(DEFAULT_BATCH_ROWS))
+    .addOption(new Option('--batch-wait-ms <n>', 'denoiser: milliseconds an idle batcher waits for more requests before its first forward').env('SANA_BATCH_WAIT_MS').argParser(nonNegativeInt).default(0))
     .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
     .addOption(new Option('--nats <url>', 'NATS server(s), e.g. nats://nats:4222: Jobs API (gateway), job pulling (worker), shared embedding cache (text-encoder)').env('SANA_NATS'))
     .addOption(new Option('--job-concurrency <n>', 'worker: jobs run at once').env('SANA_JOB_CONCURRENCY').argParser(positiveInt).default(1))
@@ -358,8 +389,9 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--shared-cache-mb <n>', 'text-encoder: MiB the shared embedding cache holds').env('SANA_SHARED_CACHE_MB').argParser(positiveInt))
     .action(async (role: Role, opts: {
       model?: string; host?: string; port?: number; metricsHost: string; metricsPort?: number; metrics: boolean;
-      textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight: number; maxQueue: number;
-      authToken?: string; threads?: number; shutdownGrace: number; tiling: boolean; tileSize?: number; tileOverlap?: number;
+      textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight?: number; maxQueue: number;
+      authToken?: string; threads?: number; textEncoderThreads?: number; denoiserThreads?: number; decoderThreads?: number;
+      batchRows: number; batchWaitMs: number; shutdownGrace: number; tiling: boolean; tileSize?: number; tileOverlap?: number;
       nats?: string; jobConcurrency: number; jobAckWait?: number; jobMaxDeliver?: number; jobResultTtl?: number;
       sharedCacheTtl?: number; sharedCacheMb?: number;
     }) => {
@@ -379,6 +411,9 @@ export function registerServe(program: Command): void {
         authToken: opts.authToken,
         threads: opts.threads,
         tiling: tilingFromFlags(opts),
+        stageThreads: { 'text-encoder': opts.textEncoderThreads, denoiser: opts.denoiserThreads, decoder: opts.decoderThreads },
+        batchRows: opts.batchRows,
+        batchWaitMs: opts.batchWaitMs,
         shutdownGraceSeconds: opts.shutdownGrace,
         nats: opts.nats,
         jobs: { ackWaitSeconds: opts.jobAckWait, maxDeliver: opts.jobMaxDeliver, resultTtlSeconds: opts.jobResultTtl },

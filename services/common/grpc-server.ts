@@ -13,7 +13,7 @@ import type { Registry } from 'prom-client';
 import { Admission, type AdmissionLimits } from './admission.ts';
 import { CancelledError } from './errors.ts';
 import { Status, statusName, toStatus } from './grpc-status.ts';
-import { createLogger, REQUEST_ID_KEY, type Logger } from './logging.ts';
+import { createLogger, QUEUED_SECONDS_KEY, REQUEST_ID_KEY, type Logger } from './logging.ts';
 import { createRegistry, ServiceMetrics } from './metrics.ts';
 import { MAX_MESSAGE_BYTES } from './tensor-chunks.ts';
 
@@ -215,10 +215,12 @@ export class ServiceHost {
         scope.queuedSeconds = (performance.now() - waitStart) / 1000;
         this.metrics.queueSeconds.observe({ service }, scope.queuedSeconds);
       }
+      const executionStart = performance.now();
       try {
         await work(scope);
       } finally {
         release?.();
+        if (admit) this.metrics.executionSeconds.observe({ service }, (performance.now() - executionStart) / 1000);
       }
     } catch (error) {
       const status = toStatus(error);
@@ -263,6 +265,7 @@ export class ServiceHost {
   ): grpc.handleServerStreamingCall<Req, Res> {
     return (call) => {
       let ok = false;
+      let queued = 0;
       const precheck = options.precheck;
       void this.track(
         call as AnyCall,
@@ -270,12 +273,13 @@ export class ServiceHost {
         options.admit ?? true,
         precheck && (() => precheck(call.request, call.metadata)),
         async (scope) => {
+          queued = scope.queuedSeconds;
           await handler(call.request, scope, responseWriter(call, scope.signal));
           ok = true;
         },
         (status) => call.emit('error', status),
       ).then(() => {
-        if (ok) call.end();
+        if (ok) call.end(queueTrailer(queued));
       });
     };
   }
@@ -286,21 +290,30 @@ export class ServiceHost {
   ): grpc.handleBidiStreamingCall<Req, Res> {
     return (call) => {
       let ok = false;
+      let queued = 0;
       void this.track(
         call as AnyCall,
         method,
         true,
         undefined,
         async (scope) => {
+          queued = scope.queuedSeconds;
           await handler(new RequestReader(call, scope.signal), scope, responseWriter(call, scope.signal));
           ok = true;
         },
         (status) => call.emit('error', status),
       ).then(() => {
-        if (ok) call.end();
+        if (ok) call.end(queueTrailer(queued));
       });
     };
   }
+}
+
+/** Tells the caller how long its call waited for admission, so it can split queue from execution time. */
+function queueTrailer(seconds: number): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  metadata.set(QUEUED_SECONDS_KEY, seconds.toFixed(6));
+  return metadata;
 }
 
 function responseWriter<T>(call: grpc.ServerWritableStream<unknown, T> | grpc.ServerDuplexStream<unknown, T>, signal: AbortSignal): ResponseWriter<T> {

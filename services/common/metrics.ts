@@ -3,7 +3,7 @@
 // query one set of names in every layout.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { EmbeddingCacheStats } from './stages.ts';
+import type { EmbeddingCacheStats, ForwardStats } from './stages.ts';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
 
 export const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
@@ -37,7 +37,11 @@ export class ServiceMetrics {
   readonly embeddingCacheLookups: Counter<'service' | 'result'>;
   readonly embeddingCacheBytes: Gauge<'service'>;
   readonly previewsDropped: Counter<'service'>;
+  readonly executionSeconds: Histogram<'service'>;
+  readonly denoiserForwards: Counter<'service'>;
+  readonly denoiserForwardRows: Counter<'service'>;
   private cacheSeen = { hits: 0, misses: 0 };
+  private forwardsSeen = { forwards: 0, rows: 0 };
 
   constructor(
     readonly registry: Registry,
@@ -138,8 +142,35 @@ export class ServiceMetrics {
       labelNames: ['service'],
       registers,
     }));
+    this.executionSeconds = metric(registry, 'sana_execution_seconds', () => new Histogram({
+      name: 'sana_execution_seconds',
+      help: 'seconds admitted requests spent executing (after their queue wait), by service',
+      labelNames: ['service'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    }));
+    this.denoiserForwards = metric(registry, 'sana_denoiser_forwards_total', () => new Counter({
+      name: 'sana_denoiser_forwards_total',
+      help: 'transformer forwards run (with step-level batching one forward serves several requests)',
+      labelNames: ['service'],
+      registers,
+    }));
+    this.denoiserForwardRows = metric(registry, 'sana_denoiser_forward_rows_total', () => new Counter({
+      name: 'sana_denoiser_forward_rows_total',
+      help: 'batch rows of all transformer forwards (a guided image is two rows); rows / forwards = mean batch size',
+      labelNames: ['service'],
+      registers,
+    }));
     this.ready.set({ service }, 0);
     this.queueDepth.set({ service }, 0);
+  }
+
+  /** Brings the forward counters up to the denoiser's running totals. */
+  recordForwards(stats: ForwardStats): void {
+    const { service } = this;
+    this.denoiserForwards.inc({ service }, stats.forwards - this.forwardsSeen.forwards);
+    this.denoiserForwardRows.inc({ service }, stats.rows - this.forwardsSeen.rows);
+    this.forwardsSeen = { forwards: stats.forwards, rows: stats.rows };
   }
 
   /** Brings the cache metrics up to the stage's running totals. */

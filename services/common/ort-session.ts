@@ -12,6 +12,9 @@ export interface SessionOptions {
   /** false: tensors come from the system allocator and go back after use, so memory follows the live set
    *  (ORT's arena keeps its high-water mark, grown in powers of two); default true */
   memoryArena?: boolean;
+  /** false: idle intra-op threads sleep instead of spinning, so sessions sharing the cores do not steal them
+   *  (ORT's default is to spin) */
+  allowSpinning?: boolean;
 }
 
 export type WorkerRequest =

@@ -15,7 +15,12 @@ const session = await ort.InferenceSession.create(modelPath, {
   executionMode: 'sequential',
   graphOptimizationLevel: options.graphOptimizationLevel ?? 'all',
   enableCpuMemArena: options.memoryArena ?? true,
-  extra: options.disablePrepacking ? { session: { disable_prepacking: '1' } } : {},
+  extra: {
+    session: {
+      ...(options.disablePrepacking ? { disable_prepacking: '1' } : {}),
+      ...(options.allowSpinning === false ? { 'intra_op.allow_spinning': '0' } : {}),
+    },
+  },
 });
 port.postMessage({
   kind: 'ready',

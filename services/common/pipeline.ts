@@ -8,6 +8,7 @@ import crypto from 'node:crypto';
 import { InvalidArgumentError } from './errors.ts';
 import { FORMATS, intInRange, LIMITS } from './limits.ts';
 import type {
+  DecodeContext,
   DecodedImage,
   DecoderStage,
   DenoiserStage,
@@ -53,6 +54,8 @@ export interface GenerateContext {
   onStep?: (event: StepEvent) => void;
   previewEvery?: number;
   onStage?: (stage: 'encode' | 'denoise' | 'decode', seconds: number) => void;
+  /** finished tiles of large images while they decode (see DecodeContext) */
+  onTile?: DecodeContext['onTile'];
 }
 
 export interface GenerateResult {
@@ -60,7 +63,16 @@ export interface GenerateResult {
   seed: bigint;
   width: number;
   height: number;
-  timings: { encodeSeconds: number; denoiseSeconds: number; decodeSeconds: number; totalSeconds: number };
+  timings: {
+    encodeSeconds: number;
+    denoiseSeconds: number;
+    decodeSeconds: number;
+    totalSeconds: number;
+    /** the part of each stage's seconds it spent in that stage's admission queue (remote stages; 0 in-process) */
+    encodeQueuedSeconds: number;
+    denoiseQueuedSeconds: number;
+    decodeQueuedSeconds: number;
+  };
 }
 
 export interface ResolvedArgs {
@@ -184,7 +196,8 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
   if (args.latents && args.latents.dims.join() !== latentShape.join()) {
     throw new InvalidArgumentError('latents', `shape [${args.latents.dims}] must be [${latentShape}]`);
   }
-  const stageCtx = { signal: ctx.signal, requestId: ctx.requestId };
+  const queued = { encode: 0, denoise: 0, decode: 0 };
+  const stageCtx = (stage: keyof typeof queued) => ({ signal: ctx.signal, requestId: ctx.requestId, onQueued: (s: number) => void (queued[stage] += s) });
 
   // 1. text encoding (the negative prompt only when guidance is on; no CHI for it)
   const guided = a.guidanceScale > 1;
@@ -195,12 +208,12 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
       complexHumanInstruction: a.complexHumanInstruction || undefined,
       maxSequenceLength: a.maxSequenceLength,
     },
-    stageCtx,
+    stageCtx('encode'),
   );
   const negative = guided
     ? await stages.textEncoder.encode(
         { prompts: a.prompts.map(() => a.negativePrompt), useComplexHumanInstruction: false, maxSequenceLength: a.maxSequenceLength },
-        stageCtx,
+        stageCtx('encode'),
       )
     : undefined;
   const encodeSeconds = (performance.now() - started) / 1000;
@@ -221,14 +234,14 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
       numInferenceSteps: a.numInferenceSteps,
       guidanceScale: a.guidanceScale,
     },
-    { ...stageCtx, onStep: ctx.onStep, previewEvery: ctx.previewEvery },
+    { ...stageCtx('denoise'), onStep: ctx.onStep, previewEvery: ctx.previewEvery },
   );
   const denoiseSeconds = (performance.now() - denoiseStart) / 1000;
   ctx.onStage?.('denoise', denoiseSeconds);
 
   // 4. decoding to images of the requested size
   const decodeStart = performance.now();
-  const images = await stages.decoder.decode({ latents: finalLatents, format: a.format, width: a.width, height: a.height, quality: a.quality }, stageCtx);
+  const images = await stages.decoder.decode({ latents: finalLatents, format: a.format, width: a.width, height: a.height, quality: a.quality }, { ...stageCtx('decode'), onTile: ctx.onTile });
   const decodeSeconds = (performance.now() - decodeStart) / 1000;
   ctx.onStage?.('decode', decodeSeconds);
 
@@ -237,6 +250,14 @@ export async function generate(stages: PipelineStages, args: GenerateArgs, ctx: 
     seed: a.seed,
     width: a.width,
     height: a.height,
-    timings: { encodeSeconds, denoiseSeconds, decodeSeconds, totalSeconds: (performance.now() - started) / 1000 },
+    timings: {
+      encodeSeconds,
+      denoiseSeconds,
+      decodeSeconds,
+      totalSeconds: (performance.now() - started) / 1000,
+      encodeQueuedSeconds: queued.encode,
+      denoiseQueuedSeconds: queued.denoise,
+      decodeQueuedSeconds: queued.decode,
+    },
   };
 }

@@ -8,6 +8,8 @@ export interface StageContext {
   signal?: AbortSignal;
   /** travels through the stages in gRPC metadata and log lines */
   requestId?: string;
+  /** told how long a remote stage kept the call waiting for admission (its queue) before executing it */
+  onQueued?: (seconds: number) => void;
 }
 
 // ---- text encoder ----
@@ -88,10 +90,21 @@ export interface DenoiseContext extends StageContext {
   previewEvery?: number;
 }
 
+/** Running totals of the transformer forwards a denoiser ran, for the mean batch size. */
+export interface ForwardStats {
+  forwards: number;
+  /** rows of all forwards (a guided image is two rows) */
+  rows: number;
+  /** rows of the largest forward */
+  largest: number;
+}
+
 export interface DenoiserStage {
   info(): DenoiserInfo;
   /** Runs every solver step and returns the final latents [B, C, h, w]. */
   denoise(request: DenoiseRequest, ctx?: DenoiseContext): Promise<HostTensor<Float32Array>>;
+  /** running totals of its forwards, where it runs them itself */
+  forwardStats?(): ForwardStats;
 }
 
 // ---- decoder ----
@@ -123,7 +136,31 @@ export interface DecoderInfo {
   scalingFactor: number;
 }
 
+/**
+ * A finished tile of a tiled decode: final uint8 pixels of the decoded image (before the resize and crop back to
+ * the requested size that resolution binning needs), sent while the rest of the image still decodes.
+ */
+export interface ImageTile {
+  /** image of the batch */
+  index: number;
+  /** position and size in the decoded image, in pixels */
+  top: number;
+  left: number;
+  width: number;
+  height: number;
+  /** size of the whole decoded image */
+  imageWidth: number;
+  imageHeight: number;
+  /** RGB, row-major, 3 bytes per pixel */
+  pixels: Uint8Array;
+}
+
+export interface DecodeContext extends StageContext {
+  /** receives each finished tile of a tiled decode (large images only); awaited, so a slow reader slows the decode */
+  onTile?: (tile: ImageTile) => Promise<void> | void;
+}
+
 export interface DecoderStage {
   info(): DecoderInfo;
-  decode(request: DecodeRequest, ctx?: StageContext): Promise<DecodedImage[]>;
+  decode(request: DecodeRequest, ctx?: DecodeContext): Promise<DecodedImage[]>;
 }

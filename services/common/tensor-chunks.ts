@@ -4,9 +4,9 @@
 import os from 'node:os';
 import { InvalidArgumentError } from './errors.ts';
 import { DType, type Tensor } from './gen/sana/v1/tensor.ts';
-import { ImageFormat as ProtoImageFormat, type ImageChunk } from './gen/sana/v1/image.ts';
+import { ImageFormat as ProtoImageFormat, type ImageChunk, type ImageTile as ProtoImageTile } from './gen/sana/v1/image.ts';
 import { LIMITS } from './limits.ts';
-import type { DecodedImage, ImageFormat } from './stages.ts';
+import type { DecodedImage, ImageFormat, ImageTile } from './stages.ts';
 import { firstNonFinite, type HostTensor, type TensorData, type TensorType } from './tensor.ts';
 
 /** Payload bytes per message: tensors and images of any size stream as runs of these. */
@@ -200,4 +200,34 @@ export class ImageAssembler {
     if (this.current) throw new Error(`image ${this.images.length - 1} ended after ${this.current.received} of ${this.current.bytes.length} bytes`);
     return this.images;
   }
+}
+
+// ---- tiles of a streamed decode ----
+
+/** A finished tile as messages of whole pixel rows, each at most `chunkBytes` (one row at least). */
+export function* tileMessages(tile: ImageTile, chunkBytes = CHUNK_BYTES): Generator<ProtoImageTile> {
+  const rowBytes = tile.width * 3;
+  const rowsPerMessage = Math.max(1, Math.floor(chunkBytes / rowBytes));
+  for (let y = 0; y < tile.height; y += rowsPerMessage) {
+    const height = Math.min(rowsPerMessage, tile.height - y);
+    yield {
+      index: tile.index,
+      top: tile.top + y,
+      left: tile.left,
+      width: tile.width,
+      height,
+      imageWidth: tile.imageWidth,
+      imageHeight: tile.imageHeight,
+      pixels: Buffer.from(tile.pixels.buffer, tile.pixels.byteOffset + y * rowBytes, height * rowBytes),
+    };
+  }
+}
+
+/** A received tile message, checked: its pixels fill width × height × 3 bytes inside an image of at most the side limit. */
+export function fromTileMessage(m: ProtoImageTile): ImageTile {
+  const inside = m.imageWidth <= LIMITS.side.max * 2 && m.imageHeight <= LIMITS.side.max * 2 && m.left + m.width <= m.imageWidth && m.top + m.height <= m.imageHeight;
+  if (!inside || m.index >= LIMITS.images) throw new Error(`tile ${m.width}×${m.height} at (${m.top}, ${m.left}) of image ${m.index} lies outside its ${m.imageWidth}×${m.imageHeight} image`);
+  if (m.pixels.length !== m.width * m.height * 3) throw new Error(`tile ${m.width}×${m.height} carries ${m.pixels.length} bytes, not ${m.width * m.height * 3}`);
+  const { pixels, ...place } = m;
+  return { ...place, pixels: new Uint8Array(pixels.buffer, pixels.byteOffset, pixels.length) };
 }

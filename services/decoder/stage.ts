@@ -5,7 +5,7 @@
 import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
 import { FORMATS, intInRange, LIMITS } from '../common/limits.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
-import type { DecodedImage, DecodeRequest, DecoderInfo, DecoderStage, StageContext } from '../common/stages.ts';
+import type { DecodeContext, DecodedImage, DecodeRequest, DecoderInfo, DecoderStage } from '../common/stages.ts';
 import type { HostTensor } from '../common/tensor.ts';
 import { DcAeDecoder } from './dc-ae.ts';
 import { encodeImage, resizeAndCrop, toUint8 } from './image.ts';
@@ -54,17 +54,27 @@ export class LocalDecoder implements DecoderStage {
     this.model.validate(req.latents, 'latents');
   }
 
-  /** The raw sample [1, 3, s·h, s·w] of one image's latent [1, C, h, w] (already divided by scaling_factor). */
-  async decodeSample(z: HostTensor<Float32Array>, ctx: StageContext = {}): Promise<HostTensor<Float32Array>> {
+  /**
+   * The raw sample [1, 3, s·h, s·w] of one image's latent [1, C, h, w] (already divided by scaling_factor); a tiled
+   * decode hands each finished tile of image `index` to ctx.onTile as it goes.
+   */
+  async decodeSample(z: HostTensor<Float32Array>, ctx: DecodeContext = {}, index = 0): Promise<HostTensor<Float32Array>> {
     const [, , h, w] = z.dims;
     const s = this.model.spatialScale;
     if (this.tiling && needsTiling(h, w, this.tiling, s)) {
-      return tiledDecode(z, (tile) => this.model.decode(tile), { ...this.tiling, spatialScale: s, signal: ctx.signal });
+      const { onTile } = ctx;
+      return tiledDecode(z, (tile) => this.model.decode(tile), {
+        ...this.tiling,
+        spatialScale: s,
+        signal: ctx.signal,
+        // the same uint8 conversion as the whole image's, so tiles hold the final pixels
+        onTile: onTile && ((t) => onTile({ index, top: t.top, left: t.left, width: t.width, height: t.height, imageWidth: w * s, imageHeight: h * s, pixels: toUint8(t) })),
+      });
     }
     return this.model.decode(z);
   }
 
-  async decode(req: DecodeRequest, ctx: StageContext = {}): Promise<DecodedImage[]> {
+  async decode(req: DecodeRequest, ctx: DecodeContext = {}): Promise<DecodedImage[]> {
     this.validate(req);
     const [batch, channels, h, w] = req.latents.dims;
     // torch divides float32 latents by the Python float scaling_factor in float32
@@ -76,7 +86,7 @@ export class LocalDecoder implements DecoderStage {
       const z = new Float32Array(perImage);
       const src = req.latents.data.subarray(b * perImage, (b + 1) * perImage);
       for (let i = 0; i < perImage; i++) z[i] = src[i] / scale;
-      const sample = await this.decodeSample({ type: 'float32', dims: [1, channels, h, w], data: z }, ctx);
+      const sample = await this.decodeSample({ type: 'float32', dims: [1, channels, h, w], data: z }, ctx, b);
       const [, outChannels, height, width] = sample.dims;
       const image = resizeAndCrop({ data: sample.data, channels: outChannels, height, width }, req.width, req.height);
       const bytes = await encodeImage(toUint8(image), image.width, image.height, req.format, { quality: req.quality });

@@ -106,9 +106,25 @@ function cropLatent(z: HostTensor<Float32Array>, b: number, top: number, left: n
   return { type: 'float32', dims: [1, channels, h, w], data: out };
 }
 
+/** The kept part of one blended tile, final as soon as it is blended: later tiles blend only into themselves. */
+export interface FinishedTile {
+  /** image of the batch */
+  batchIndex: number;
+  /** where it sits in the decoded image, in pixels */
+  top: number;
+  left: number;
+  height: number;
+  width: number;
+  channels: number;
+  /** [channels, height, width] */
+  data: Float32Array;
+}
+
 export interface TiledDecodeOptions extends TilingOptions {
   spatialScale: number;
   signal?: AbortSignal;
+  /** called with each tile's final pixels in decode order (row-major), awaited before the next tile */
+  onTile?: (tile: FinishedTile) => Promise<void> | void;
 }
 
 /**
@@ -152,12 +168,16 @@ export async function tiledDecode(
       // keep the top-left stride×stride part (all of it at the right / bottom border)
       const keepH = Math.min(stride, height);
       const keepW = Math.min(stride, width);
+      const kept = options.onTile ? new Float32Array(channels * keepH * keepW) : undefined;
       for (let c = 0; c < channels; c++) {
         for (let y = 0; y < keepH; y++) {
           const from = (c * height + y) * width;
-          out.set(tile.data.subarray(from, from + keepW), ((b * channels + c) * H + t.top * s + y) * W + t.left * s);
+          const pixels = tile.data.subarray(from, from + keepW);
+          out.set(pixels, ((b * channels + c) * H + t.top * s + y) * W + t.left * s);
+          kept?.set(pixels, (c * keepH + y) * keepW);
         }
       }
+      if (kept) await options.onTile!({ batchIndex: b, top: t.top * s, left: t.left * s, height: keepH, width: keepW, channels, data: kept });
     }
   }
   return { type: 'float32', dims: [batch, outChannels, H, W], data: out! };

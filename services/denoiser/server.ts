@@ -68,6 +68,8 @@ export function addDenoiserService(host: ServiceHost, slot: StageSlot<DenoiserSt
             onStep: (event) => {
               host.metrics.denoiserSteps.inc({ service });
               host.metrics.denoiserStepSeconds.observe({ service }, event.seconds);
+              const forwards = stage.forwardStats?.();
+              if (forwards) host.metrics.recordForwards(forwards);
               // previews are optional: skipped (and counted) while the client is not keeping up; steps never wait for them
               if (event.latents && !out.offer([...tensorChunks(event.latents)].map((value) => ({ output: { $case: 'preview' as const, value } })))) {
                 host.metrics.previewsDropped.inc({ service });

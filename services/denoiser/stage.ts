@@ -1,31 +1,44 @@
 // The denoiser stage in-process: SanaPipeline's denoising loop (classifier-free guidance in one batch,
-// Flow-DPM-Solver steps) over a loaded Linear-DiT.
+// Flow-DPM-Solver steps) over a loaded Linear-DiT, run alone or, with batching on, in step-level batches shared
+// with other requests (step-batcher.ts).
 import path from 'node:path';
-import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
+import { InvalidArgumentError } from '../common/errors.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
-import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage } from '../common/stages.ts';
-import { concatRows, firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
+import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage, ForwardStats } from '../common/stages.ts';
+import { firstNonFinite, type HostTensor } from '../common/tensor.ts';
 import { ConfigError } from '../common/config.ts';
-import { FlowDpmSolver, type FlowDpmSolverSettings, loadSchedulerSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
-import { applyGuidance, firstChannels } from './guidance.ts';
+import { type FlowDpmSolverSettings, loadSchedulerSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
 import { LinearDit } from './linear-dit.ts';
+import { type BatchingOptions, DenoiseJob, StepBatcher } from './step-batcher.ts';
+
+export interface LocalDenoiserOptions extends SessionOptions {
+  batching?: BatchingOptions;
+}
 
 export class LocalDenoiser implements DenoiserStage {
+  /** step-level batching across requests; undefined: each request runs its own forwards */
+  private readonly batcher: StepBatcher | undefined;
+  private readonly soloStats: ForwardStats = { forwards: 0, rows: 0, largest: 0 };
+
   private constructor(
     readonly transformer: LinearDit,
     readonly schedulerSettings: FlowDpmSolverSettings,
-  ) {}
+    batching: BatchingOptions | undefined,
+  ) {
+    this.batcher = batching && new StepBatcher(transformer, batching);
+  }
 
-  /** Loads `<modelDir>/transformer` and `<modelDir>/scheduler`. */
-  static async load(modelDir: string, options: SessionOptions = {}): Promise<LocalDenoiser> {
+  /** Loads `<modelDir>/transformer` and `<modelDir>/scheduler`; `batching` turns on step-level batching. */
+  static async load(modelDir: string, options: LocalDenoiserOptions = {}): Promise<LocalDenoiser> {
+    const { batching, ...session } = options;
     const schedulerDir = path.join(modelDir, 'scheduler');
     const settings = loadSchedulerSettings(schedulerDir);
     if (settings.algorithm.startsWith('sde-')) {
       // the SDE solvers draw fresh noise every step from the pipeline's generator, which lives in the gateway
       throw new ConfigError(schedulerConfigFile(schedulerDir), `key "algorithm_type" = "${settings.algorithm}" is not supported by the serving pipeline (stochastic)`);
     }
-    const transformer = await LinearDit.load(path.join(modelDir, 'transformer'), options);
-    return new LocalDenoiser(transformer, settings);
+    const transformer = await LinearDit.load(path.join(modelDir, 'transformer'), session);
+    return new LocalDenoiser(transformer, settings, batching);
   }
 
   info(): DenoiserInfo {
@@ -76,40 +89,24 @@ export class LocalDenoiser implements DenoiserStage {
 
   async denoise(req: DenoiseRequest, ctx: DenoiseContext = {}): Promise<HostTensor<Float32Array>> {
     this.validate(req);
-    const c = this.transformer.config;
-    const scheduler = new FlowDpmSolver(this.schedulerSettings); // per request: solvers carry multistep state
-    const { timesteps } = scheduler.setTimesteps(req.numInferenceSteps);
-    const guided = req.guidanceScale > 1;
-    // CFG batch: unconditional rows first, as the reference concatenates them
-    const caption = guided ? concatRows([req.negativeEmbeds!, req.promptEmbeds]) : req.promptEmbeds;
-    const mask = guided ? concatRows([req.negativeMask!, req.promptMask]) : req.promptMask;
-    const [batch, channels, h, w] = req.latents.dims;
-    const rows = guided ? 2 * batch : batch;
-    const learnedSigma = Math.floor((c.out_channels ?? c.in_channels) / 2) === channels;
-    let latents = req.latents.data;
-    for (let i = 0; i < timesteps.length; i++) {
-      if (ctx.signal?.aborted) throw new CancelledError(`denoising cancelled before step ${i + 1} of ${timesteps.length}`);
+    const job = new DenoiseJob(req, this.schedulerSettings, this.transformer, ctx);
+    if (this.batcher) return this.batcher.submit(job);
+    // alone: this request's forwards interleave with other requests' at the session, one at a time
+    while (!job.done) {
+      job.checkCancelled();
       const started = performance.now();
-      const t = timesteps[i];
-      const modelInput = guided ? concatRows([tensor(latents, req.latents.dims), tensor(latents, req.latents.dims)]) : tensor(latents, req.latents.dims);
-      const prediction = await this.transformer.forward({
-        hiddenStates: modelInput,
-        encoderHiddenStates: caption,
-        encoderAttentionMask: mask,
-        timestep: tensor(new Float32Array(rows).fill(t * c.timestep_scale), [rows]),
-      });
-      let noise = guided ? applyGuidance(prediction.data, req.guidanceScale) : prediction.data;
-      if (learnedSigma) noise = firstChannels(noise, batch, channels, h * w);
-      latents = scheduler.step(noise, t, latents);
-      ctx.onStep?.({
-        step: i,
-        total: timesteps.length,
-        timestep: t,
-        seconds: (performance.now() - started) / 1000,
-        latents: ctx.previewEvery && (i + 1) % ctx.previewEvery === 0 ? tensor(latents, [batch, channels, h, w]) : undefined,
-      });
+      const prediction = await this.transformer.forward(job.inputs());
+      this.soloStats.forwards++;
+      this.soloStats.rows += job.rows;
+      this.soloStats.largest = Math.max(this.soloStats.largest, job.rows);
+      job.advance(prediction.data, (performance.now() - started) / 1000);
     }
-    return tensor(latents, [batch, channels, h, w]);
+    return job.result();
+  }
+
+  /** Forwards run so far and the rows they took (mean batch size = rows / forwards). */
+  forwardStats(): ForwardStats {
+    return this.batcher ? this.batcher.stats() : { ...this.soloStats };
   }
 
   async close(): Promise<void> {

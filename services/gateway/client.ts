@@ -73,6 +73,14 @@ export async function generateRemote(address: string, args: GenerateArgs, ctx: P
     seed: summary.seed,
     width: summary.width,
     height: summary.height,
-    timings: { encodeSeconds: t?.encodeSeconds ?? 0, denoiseSeconds: t?.denoiseSeconds ?? 0, decodeSeconds: t?.decodeSeconds ?? 0, totalSeconds: t?.totalSeconds ?? 0 },
+    timings: {
+      encodeSeconds: t?.encodeSeconds ?? 0,
+      denoiseSeconds: t?.denoiseSeconds ?? 0,
+      decodeSeconds: t?.decodeSeconds ?? 0,
+      totalSeconds: t?.totalSeconds ?? 0,
+      encodeQueuedSeconds: t?.encodeQueuedSeconds ?? 0,
+      denoiseQueuedSeconds: t?.denoiseQueuedSeconds ?? 0,
+      decodeQueuedSeconds: t?.decodeQueuedSeconds ?? 0,
+    },
   };
 }

@@ -74,7 +74,16 @@ export type JobRequest = z.infer<typeof JobRequestSchema>;
 const JobMessageSchema = z.object({ id: z.string(), request: JobRequestSchema });
 export type JobMessage = z.infer<typeof JobMessageSchema>;
 
-const TimingsSchema = z.object({ encodeSeconds: z.number(), denoiseSeconds: z.number(), decodeSeconds: z.number(), totalSeconds: z.number() });
+const TimingsSchema = z.object({
+  encodeSeconds: z.number(),
+  denoiseSeconds: z.number(),
+  decodeSeconds: z.number(),
+  totalSeconds: z.number(),
+  // each stage's queue wait (records written before these existed read as 0)
+  encodeQueuedSeconds: z.number().default(0),
+  denoiseQueuedSeconds: z.number().default(0),
+  decodeQueuedSeconds: z.number().default(0),
+});
 
 /** A job's record in the `sana-jobs` bucket. Times are Unix milliseconds. */
 const JobRecordSchema = z.object({

@@ -2,13 +2,15 @@
 // in-process pipeline. Tensors go out and come back as bounded Tensor runs; a cancelled AbortSignal cancels the
 // call, which aborts the stage's own signal on the other side.
 import type * as grpc from '@grpc/grpc-js';
-import { DecoderClient, type DecodeRequest } from '../common/gen/sana/v1/decoder.ts';
+import { type DecodeEvent, DecoderClient, type DecodeRequest } from '../common/gen/sana/v1/decoder.ts';
 import { DenoiserClient, type DenoiseRequest, type DenoiseResponse } from '../common/gen/sana/v1/denoiser.ts';
 import type { ImageChunk } from '../common/gen/sana/v1/image.ts';
 import { TextEncoderClient, type EncodeResponse } from '../common/gen/sana/v1/text_encoder.ts';
 import { ClientPool, readResponses, requestMetadata, unaryCall, writeRequests } from '../common/grpc-client.ts';
 import { Status, StatusError } from '../common/grpc-status.ts';
+import { QUEUED_SECONDS_KEY } from '../common/logging.ts';
 import type {
+  DecodeContext,
   DecodedImage,
   DecodeRequest as StageDecodeRequest,
   DecoderInfo,
@@ -25,7 +27,7 @@ import type {
   TextEncoderStage,
 } from '../common/stages.ts';
 import type { HostTensor } from '../common/tensor.ts';
-import { ImageAssembler, TensorAssembler, tensorChunks, toProtoFormat } from '../common/tensor-chunks.ts';
+import { fromTileMessage, ImageAssembler, TensorAssembler, tensorChunks, toProtoFormat } from '../common/tensor-chunks.ts';
 import { MAX_IMAGE_BYTES } from '../common/limits.ts';
 
 /** Seconds a GetInfo call may take before the stage counts as unreachable. */
@@ -116,6 +118,7 @@ export class RemoteTextEncoder extends RemoteStage<TextEncoderClient, TextEncode
         },
         requestMetadata(ctx.requestId),
       );
+      reportQueue(call, ctx);
       await readResponses(
         call,
         this.stageName,
@@ -145,6 +148,7 @@ export class RemoteDenoiser extends RemoteStage<DenoiserClient, DenoiserInfo> im
       let preview = previewAssembler();
       const latents = new TensorAssembler({ field: 'latents', type: 'float32', rank: 4, maxBytes });
       const call = client.denoise(requestMetadata(ctx.requestId));
+      reportQueue(call, ctx);
       const received = readResponses(
         call,
         this.stageName,
@@ -168,6 +172,15 @@ export class RemoteDenoiser extends RemoteStage<DenoiserClient, DenoiserInfo> im
   }
 }
 
+/** Passes the stage's admission wait (its trailing metadata, which arrives before the stream's end) to the caller. */
+function reportQueue(call: grpc.ClientReadableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>, ctx: StageContext): void {
+  if (!ctx.onQueued) return;
+  call.once('status', (status: grpc.StatusObject) => {
+    const value = status.metadata.get(QUEUED_SECONDS_KEY)[0];
+    if (value !== undefined) ctx.onQueued?.(Number(value));
+  });
+}
+
 function* denoiseMessages(request: StageDenoiseRequest, previewEvery: number): Generator<DenoiseRequest> {
   yield { input: { $case: 'settings', value: { numInferenceSteps: request.numInferenceSteps, guidanceScale: request.guidanceScale, previewEvery } } };
   for (const value of tensorChunks(request.latents)) yield { input: { $case: 'latents', value } };
@@ -183,12 +196,22 @@ export class RemoteDecoder extends RemoteStage<DecoderClient, DecoderInfo> imple
     super(pool, (c) => unaryCall(pool.stage, c.getInfo.bind(c), {}, INFO_DEADLINE_SECONDS));
   }
 
-  async decode(request: StageDecodeRequest, ctx: StageContext = {}): Promise<DecodedImage[]> {
+  async decode(request: StageDecodeRequest, ctx: DecodeContext = {}): Promise<DecodedImage[]> {
     return this.onSomeReplica(async (client, answered) => {
       const images = new ImageAssembler(MAX_IMAGE_BYTES);
-      const call = client.decode(requestMetadata(ctx.requestId));
-      const received = readResponses(call, this.stageName, (chunk: ImageChunk) => (answered(), images.add(chunk)), ctx.signal);
-      await Promise.all([writeRequests(call, decodeMessages(request), ctx.signal), received]);
+      const { onTile } = ctx;
+      // DecodeTiles only when the caller wants the tiles: Decode's plain chunk stream otherwise
+      const call = onTile ? client.decodeTiles(requestMetadata(ctx.requestId)) : client.decode(requestMetadata(ctx.requestId));
+      reportQueue(call, ctx);
+      const onMessage = onTile
+        ? ({ event }: DecodeEvent) => {
+            answered();
+            if (event?.$case === 'image') images.add(event.value);
+            else if (event?.$case === 'tile') void onTile(fromTileMessage(event.value));
+          }
+        : (chunk: ImageChunk) => (answered(), images.add(chunk));
+      const received = readResponses(call as grpc.ClientDuplexStream<DecodeRequest, unknown>, this.stageName, onMessage as (m: unknown) => void, ctx.signal);
+      await Promise.all([writeRequests(call as grpc.ClientDuplexStream<DecodeRequest, unknown>, decodeMessages(request), ctx.signal), received]);
       return images.result();
     }, ctx.signal);
   }

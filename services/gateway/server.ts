@@ -11,7 +11,7 @@ import {
 } from '../common/gen/sana/v1/generation.ts';
 import type { ServiceHost } from '../common/grpc-server.ts';
 import { Status, StatusError } from '../common/grpc-status.ts';
-import { fromProtoFormat, imageChunks, tensorChunks } from '../common/tensor-chunks.ts';
+import { fromProtoFormat, imageChunks, tensorChunks, tileMessages } from '../common/tensor-chunks.ts';
 import { LIMITS } from '../common/limits.ts';
 import { generate, validateGenerateArgs, type GenerateArgs, type PipelineStages } from '../common/pipeline.ts';
 
@@ -95,6 +95,9 @@ export function addGenerationService(host: ServiceHost, stages: GatewayStages, o
             }
             out.push({ event: { $case: 'progress', value: { step: e.step + 1, numInferenceSteps: e.total, timestep: e.timestep, seconds: e.seconds } } });
           },
+          onTile: req.streamTiles
+            ? (tile) => void out.offer([...tileMessages(tile)].map((value) => ({ event: { $case: 'tile' as const, value } })))
+            : undefined,
           onStage: (stage, seconds) => {
             host.metrics.gatewayStageSeconds.observe({ service, stage }, seconds);
             out.push({ event: { $case: 'stageFinished', value: { stage: STAGES[stage], seconds } } });

@@ -17,7 +17,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { ImageChunk, ImageFormat } from "./image.js";
+import { ImageChunk, ImageFormat, ImageTile } from "./image.js";
 import { Tensor } from "./tensor.js";
 
 export const protobufPackage = "sana.v1";
@@ -41,6 +41,10 @@ export interface DecodeSettings {
   height: number;
   /** JPEG / WebP quality 1..100; 0: the encoder's default */
   quality: number;
+}
+
+export interface DecodeEvent {
+  event: { $case: "tile"; value: ImageTile } | { $case: "image"; value: ImageChunk } | undefined;
 }
 
 export interface DecodeRequest {
@@ -262,6 +266,87 @@ export const DecodeSettings: MessageFns<DecodeSettings> = {
   },
 };
 
+function createBaseDecodeEvent(): DecodeEvent {
+  return { event: undefined };
+}
+
+export const DecodeEvent: MessageFns<DecodeEvent> = {
+  encode(message: DecodeEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.event?.$case) {
+      case "tile":
+        ImageTile.encode(message.event.value, writer.uint32(10).fork()).join();
+        break;
+      case "image":
+        ImageChunk.encode(message.event.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DecodeEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDecodeEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = { $case: "tile", value: ImageTile.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.event = { $case: "image", value: ImageChunk.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<DecodeEvent>, I>>(base?: I): DecodeEvent {
+    return DecodeEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DecodeEvent>, I>>(object: I): DecodeEvent {
+    const message = createBaseDecodeEvent();
+    switch (object.event?.$case) {
+      case "tile": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "tile", value: ImageTile.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "image": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "image", value: ImageChunk.fromPartial(object.event.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
 function createBaseDecodeRequest(): DecodeRequest {
   return { input: undefined };
 }
@@ -369,6 +454,16 @@ export const DecoderService = {
     responseSerialize: (value: ImageChunk): Buffer => Buffer.from(ImageChunk.encode(value).finish()),
     responseDeserialize: (value: Buffer): ImageChunk => ImageChunk.decode(value),
   },
+  /** Decode, with each finished tile of a tiled (2K/4K) decode sent as it is blended, before the image chunks. */
+  decodeTiles: {
+    path: "/sana.v1.Decoder/DecodeTiles" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: DecodeRequest): Buffer => Buffer.from(DecodeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DecodeRequest => DecodeRequest.decode(value),
+    responseSerialize: (value: DecodeEvent): Buffer => Buffer.from(DecodeEvent.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DecodeEvent => DecodeEvent.decode(value),
+  },
 } as const;
 
 export interface DecoderServer extends UntypedServiceImplementation {
@@ -378,6 +473,8 @@ export interface DecoderServer extends UntypedServiceImplementation {
    * images back in chunks, image after image.
    */
   decode: handleBidiStreamingCall<DecodeRequest, ImageChunk>;
+  /** Decode, with each finished tile of a tiled (2K/4K) decode sent as it is blended, before the image chunks. */
+  decodeTiles: handleBidiStreamingCall<DecodeRequest, DecodeEvent>;
 }
 
 export interface DecoderClient extends Client {
@@ -403,6 +500,10 @@ export interface DecoderClient extends Client {
   decode(): ClientDuplexStream<DecodeRequest, ImageChunk>;
   decode(options: Partial<CallOptions>): ClientDuplexStream<DecodeRequest, ImageChunk>;
   decode(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<DecodeRequest, ImageChunk>;
+  /** Decode, with each finished tile of a tiled (2K/4K) decode sent as it is blended, before the image chunks. */
+  decodeTiles(): ClientDuplexStream<DecodeRequest, DecodeEvent>;
+  decodeTiles(options: Partial<CallOptions>): ClientDuplexStream<DecodeRequest, DecodeEvent>;
+  decodeTiles(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<DecodeRequest, DecodeEvent>;
 }
 
 export const DecoderClient = makeGenericClientConstructor(DecoderService, "sana.v1.Decoder") as unknown as {

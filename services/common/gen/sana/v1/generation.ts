@@ -14,7 +14,7 @@ import {
   type Metadata,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { ImageChunk, ImageFormat } from "./image.js";
+import { ImageChunk, ImageFormat, ImageTile } from "./image.js";
 import { Tensor } from "./tensor.js";
 
 export const protobufPackage = "sana.v1";
@@ -92,6 +92,11 @@ export interface GenerateRequest {
    * in the sana_previews_dropped_total metric of the gateway and the denoiser.
    */
   previewEvery: number;
+  /**
+   * send the finished tiles of large (tiled) decodes as they are blended (ImageTile events, skipped while the
+   * client does not keep up; the image chunks always follow; default false)
+   */
+  streamTiles?: boolean | undefined;
 }
 
 /** A denoising step finished. */
@@ -124,6 +129,13 @@ export interface StageTimings {
   decodeSeconds: number;
   /** wall time of the whole request in the gateway, queueing excluded */
   totalSeconds: number;
+  /**
+   * seconds each stage kept the request in its admission queue, included in that stage's seconds above (the rest
+   * is execution); 0 in-process
+   */
+  encodeQueuedSeconds: number;
+  denoiseQueuedSeconds: number;
+  decodeQueuedSeconds: number;
 }
 
 /** The last message of a successful stream. */
@@ -149,6 +161,7 @@ export interface GenerateResponse {
     | { $case: "preview"; value: LatentPreview }
     | { $case: "image"; value: ImageChunk }
     | { $case: "summary"; value: GenerateSummary }
+    | { $case: "tile"; value: ImageTile }
     | undefined;
 }
 
@@ -169,6 +182,7 @@ function createBaseGenerateRequest(): GenerateRequest {
     format: 0,
     quality: undefined,
     previewEvery: 0,
+    streamTiles: undefined,
   };
 }
 
@@ -221,6 +235,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.previewEvery !== 0) {
       writer.uint32(120).uint32(message.previewEvery);
+    }
+    if (message.streamTiles !== undefined) {
+      writer.uint32(128).bool(message.streamTiles);
     }
     return writer;
   },
@@ -358,6 +375,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.previewEvery = reader.uint32();
             continue;
           }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.streamTiles = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -390,6 +415,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.format = object.format ?? 0;
     message.quality = object.quality ?? undefined;
     message.previewEvery = object.previewEvery ?? 0;
+    message.streamTiles = object.streamTiles ?? undefined;
     return message;
   },
 };
@@ -622,7 +648,15 @@ export const LatentPreview: MessageFns<LatentPreview> = {
 };
 
 function createBaseStageTimings(): StageTimings {
-  return { encodeSeconds: 0, denoiseSeconds: 0, decodeSeconds: 0, totalSeconds: 0 };
+  return {
+    encodeSeconds: 0,
+    denoiseSeconds: 0,
+    decodeSeconds: 0,
+    totalSeconds: 0,
+    encodeQueuedSeconds: 0,
+    denoiseQueuedSeconds: 0,
+    decodeQueuedSeconds: 0,
+  };
 }
 
 export const StageTimings: MessageFns<StageTimings> = {
@@ -638,6 +672,15 @@ export const StageTimings: MessageFns<StageTimings> = {
     }
     if (message.totalSeconds !== 0) {
       writer.uint32(33).double(message.totalSeconds);
+    }
+    if (message.encodeQueuedSeconds !== 0) {
+      writer.uint32(41).double(message.encodeQueuedSeconds);
+    }
+    if (message.denoiseQueuedSeconds !== 0) {
+      writer.uint32(49).double(message.denoiseQueuedSeconds);
+    }
+    if (message.decodeQueuedSeconds !== 0) {
+      writer.uint32(57).double(message.decodeQueuedSeconds);
     }
     return writer;
   },
@@ -687,6 +730,30 @@ export const StageTimings: MessageFns<StageTimings> = {
             message.totalSeconds = reader.double();
             continue;
           }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.encodeQueuedSeconds = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.denoiseQueuedSeconds = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.decodeQueuedSeconds = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -708,6 +775,9 @@ export const StageTimings: MessageFns<StageTimings> = {
     message.denoiseSeconds = object.denoiseSeconds ?? 0;
     message.decodeSeconds = object.decodeSeconds ?? 0;
     message.totalSeconds = object.totalSeconds ?? 0;
+    message.encodeQueuedSeconds = object.encodeQueuedSeconds ?? 0;
+    message.denoiseQueuedSeconds = object.denoiseQueuedSeconds ?? 0;
+    message.decodeQueuedSeconds = object.decodeQueuedSeconds ?? 0;
     return message;
   },
 };
@@ -866,6 +936,9 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
       case "summary":
         GenerateSummary.encode(message.event.value, writer.uint32(42).fork()).join();
         break;
+      case "tile":
+        ImageTile.encode(message.event.value, writer.uint32(50).fork()).join();
+        break;
     }
     return writer;
   },
@@ -923,6 +996,14 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
             message.event = { $case: "summary", value: GenerateSummary.decode(reader, reader.uint32()) };
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.event = { $case: "tile", value: ImageTile.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -968,6 +1049,12 @@ export const GenerateResponse: MessageFns<GenerateResponse> = {
       case "summary": {
         if (object.event?.value !== undefined && object.event?.value !== null) {
           message.event = { $case: "summary", value: GenerateSummary.fromPartial(object.event.value) };
+        }
+        break;
+      }
+      case "tile": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "tile", value: ImageTile.fromPartial(object.event.value) };
         }
         break;
       }

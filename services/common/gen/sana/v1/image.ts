@@ -35,6 +35,26 @@ export interface ImageChunk {
   data: Buffer;
 }
 
+/**
+ * Finished pixels of a large (tiled) decode, sent as soon as a tile is blended with its neighbours, long before the
+ * whole image is decoded and encoded. Pixels are those of the decoded image before the resize back to the
+ * requested size that resolution binning may need; the encoded image that follows is the final result.
+ */
+export interface ImageTile {
+  /** position of the image in the batch, as in ImageChunk */
+  index: number;
+  /** where the tile sits in the decoded image, in pixels */
+  top: number;
+  left: number;
+  width: number;
+  height: number;
+  /** size of the whole decoded image */
+  imageWidth: number;
+  imageHeight: number;
+  /** RGB, row-major, 3 bytes per pixel: width x height x 3 bytes */
+  pixels: Buffer;
+}
+
 function createBaseImageChunk(): ImageChunk {
   return { index: 0, format: 0, width: 0, height: 0, size: 0, offset: 0, data: Buffer.alloc(0) };
 }
@@ -158,6 +178,145 @@ export const ImageChunk: MessageFns<ImageChunk> = {
     message.size = object.size ?? 0;
     message.offset = object.offset ?? 0;
     message.data = object.data ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseImageTile(): ImageTile {
+  return { index: 0, top: 0, left: 0, width: 0, height: 0, imageWidth: 0, imageHeight: 0, pixels: Buffer.alloc(0) };
+}
+
+export const ImageTile: MessageFns<ImageTile> = {
+  encode(message: ImageTile, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).uint32(message.index);
+    }
+    if (message.top !== 0) {
+      writer.uint32(16).uint32(message.top);
+    }
+    if (message.left !== 0) {
+      writer.uint32(24).uint32(message.left);
+    }
+    if (message.width !== 0) {
+      writer.uint32(32).uint32(message.width);
+    }
+    if (message.height !== 0) {
+      writer.uint32(40).uint32(message.height);
+    }
+    if (message.imageWidth !== 0) {
+      writer.uint32(48).uint32(message.imageWidth);
+    }
+    if (message.imageHeight !== 0) {
+      writer.uint32(56).uint32(message.imageHeight);
+    }
+    if (message.pixels.length !== 0) {
+      writer.uint32(66).bytes(message.pixels);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImageTile {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImageTile();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.top = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.left = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.width = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.height = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.imageWidth = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.imageHeight = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.pixels = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<ImageTile>, I>>(base?: I): ImageTile {
+    return ImageTile.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImageTile>, I>>(object: I): ImageTile {
+    const message = createBaseImageTile();
+    message.index = object.index ?? 0;
+    message.top = object.top ?? 0;
+    message.left = object.left ?? 0;
+    message.width = object.width ?? 0;
+    message.height = object.height ?? 0;
+    message.imageWidth = object.imageWidth ?? 0;
+    message.imageHeight = object.imageHeight ?? 0;
+    message.pixels = object.pixels ?? Buffer.alloc(0);
     return message;
   },
 };
