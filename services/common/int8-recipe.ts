@@ -176,3 +176,39 @@ export function referenceW8A8(x: QuantizedMatrix, w: QuantizedMatrix, bias?: Flo
   }
   return y;
 }
+
+// ---- the error measures the recipe is judged by (quality report, tests, CPU-vs-GPU agreement) ----
+
+/** Cosine similarity of two equally long vectors, accumulated in float64; 1 when both are zero. */
+export function cosineSimilarity(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`cosineSimilarity: lengths ${a.length} and ${b.length} differ`);
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i]! * b[i]!;
+    na += a[i]! * a[i]!;
+    nb += b[i]! * b[i]!;
+  }
+  return na === 0 && nb === 0 ? 1 : dot / Math.sqrt(na * nb);
+}
+
+/** max |a − b| / max |reference|: the largest error relative to the reference's range. */
+export function maxRelativeError(reference: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (reference.length !== b.length) throw new Error(`maxRelativeError: lengths ${reference.length} and ${b.length} differ`);
+  let err = 0;
+  let range = 0;
+  for (let i = 0; i < reference.length; i++) {
+    err = Math.max(err, Math.abs(reference[i]! - b[i]!));
+    range = Math.max(range, Math.abs(reference[i]!));
+  }
+  return range === 0 ? (err === 0 ? 0 : Infinity) : err / range;
+}
+
+/** PSNR in dB of two uint8 images against the 255 peak; Infinity when identical. */
+export function psnrUint8(a: Uint8Array, b: Uint8Array): number {
+  if (a.length !== b.length) throw new Error(`psnrUint8: lengths ${a.length} and ${b.length} differ`);
+  let se = 0;
+  for (let i = 0; i < a.length; i++) se += (a[i]! - b[i]!) ** 2;
+  return se === 0 ? Infinity : 10 * Math.log10((255 * 255 * a.length) / se);
+}

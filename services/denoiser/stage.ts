@@ -2,6 +2,7 @@
 // Flow-DPM-Solver steps) over a loaded Linear-DiT.
 import path from 'node:path';
 import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
+import type { PrecisionOptions } from '../common/int8-recipe.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage } from '../common/stages.ts';
 import { concatRows, firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
@@ -17,7 +18,7 @@ export class LocalDenoiser implements DenoiserStage {
   ) {}
 
   /** Loads `<modelDir>/transformer` and `<modelDir>/scheduler`. */
-  static async load(modelDir: string, options: SessionOptions = {}): Promise<LocalDenoiser> {
+  static async load(modelDir: string, options: SessionOptions & PrecisionOptions = {}): Promise<LocalDenoiser> {
     const schedulerDir = path.join(modelDir, 'scheduler');
     const settings = loadSchedulerSettings(schedulerDir);
     if (settings.algorithm.startsWith('sde-')) {

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
 import { FORMATS, intInRange, LIMITS } from '../common/limits.ts';
+import type { PrecisionOptions } from '../common/int8-recipe.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type {
   DecodedImage,
@@ -52,12 +53,13 @@ export function checkModelDir(modelDir: string): void {
 }
 
 /** The three stages in this process, from a pipeline checkpoint folder. */
-export async function loadLocalStages(modelDir: string, options: SessionOptions = {}): Promise<LocalStages> {
+export async function loadLocalStages(modelDir: string, options: SessionOptions & PrecisionOptions = {}): Promise<LocalStages> {
   checkModelDir(modelDir);
   // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
   const textEncoder = await LocalTextEncoder.load(modelDir, options);
   const denoiser = await LocalDenoiser.load(modelDir, options).catch(closingOnError([textEncoder]));
-  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), options).catch(closingOnError([textEncoder, denoiser]));
+  const { precision: _, int8: __, ...decoderOptions } = options; // the decoder runs fp32 (see int8-recipe.ts)
+  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), decoderOptions).catch(closingOnError([textEncoder, denoiser]));
   return {
     textEncoder,
     denoiser,
