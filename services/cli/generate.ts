@@ -7,6 +7,7 @@ import { type Command, Option } from 'commander';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
+import { type Precision, PRECISIONS } from '../common/int8-recipe.ts';
 import { generateRemote } from '../gateway/client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
@@ -30,6 +31,7 @@ interface GenerateOptions {
   chi: boolean;
   out: string;
   threads?: string;
+  precision: Precision;
   server?: string;
   token?: string;
 }
@@ -157,7 +159,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
     modelDir = defaultModelDir();
   }
   const loadStart = performance.now();
-  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads) });
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), precision: opts.precision });
   const run: Runner = (args, ctx) => generate(stages, args, ctx);
   run.close = () => stages.close();
   return { run, loadSeconds: (performance.now() - loadStart) / 1000 };
@@ -167,6 +169,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
 function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; loadSeconds: number } {
   if (opts.model) throw new InvalidArgumentError('model', 'the server at --server uses its own model; leave out --model');
   if (opts.threads) throw new InvalidArgumentError('threads', 'the server at --server sets its own threads; leave out --threads');
+  if (opts.precision !== 'fp32') throw new InvalidArgumentError('precision', 'the server at --server sets its own precision; leave out --precision');
   const token = opts.token ?? process.env.SANA_AUTH_TOKEN;
   return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
 }
@@ -188,6 +191,7 @@ export function registerGenerate(program: Command): void {
     .option('--no-binning', 'turn off resolution binning (width and height must then be multiples of 32)')
     .option('--no-chi', 'turn off the complex human instruction prefix')
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
+    .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').choices([...PRECISIONS]).default('fp32'))
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
     .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
     .requiredOption('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...)')

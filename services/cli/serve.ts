@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 
 import type { Registry } from 'prom-client';
 import type { AdmissionLimits } from '../common/admission.ts';
 import { ServiceHost } from '../common/grpc-server.ts';
+import { type Precision, PRECISIONS } from '../common/int8-recipe.ts';
 import { createLogger, type Logger } from '../common/logging.ts';
 import { createRegistry, startMetricsServer, type MetricsServer } from '../common/metrics.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
@@ -52,6 +53,8 @@ export interface ServeConfig {
   authToken?: string;
   /** ONNX Runtime intra-op threads per session (default: all cores) */
   threads?: number;
+  /** arithmetic of the text encoder and denoiser (the decoder runs fp32); default fp32 */
+  precision?: Precision;
   shutdownGraceSeconds: number;
 }
 
@@ -76,6 +79,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
   const modelDir = config.model;
   const service = new ServiceHost({ name: role, host, port, registry: shared.registry, logger: shared.logger?.child({ service: role }), admission, shutdownGraceSeconds: config.shutdownGraceSeconds });
   const session: SessionOptions = config.threads ? { intraOpThreads: config.threads } : {};
+  const precision = { precision: config.precision ?? 'fp32' } as const;
   let loading: Promise<Closable> | undefined;
   const serve = async <S extends object>(
     what: string,
@@ -95,9 +99,9 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
   };
   const { ready } =
     role === 'text-encoder'
-      ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, session), warmUpTextEncoder)
+      ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, { ...session, ...precision }), warmUpTextEncoder)
       : role === 'denoiser'
-        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, session), warmUpDenoiser)
+        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, ...precision }), warmUpDenoiser)
         : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), session), warmUpDecoder);
   // closing while the model still loads waits for it, so its ONNX Runtime workers do not outlive the service
   return { service, ready, closeModel: async () => (await loading?.catch(() => undefined))?.close?.() };
@@ -228,6 +232,7 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
   if (config.role === 'gateway' || config.role === 'all') row('auth', config.authToken ? 'bearer token required' : 'off');
   row('metrics', serving.metricsPort !== undefined ? `http://${config.metricsHost}:${serving.metricsPort}/metrics` : 'off');
   row('threads', config.threads ?? 'all cores');
+  if (config.role !== 'gateway') row('precision', `${config.precision ?? 'fp32'}${config.role === 'decoder' || config.role === 'all' ? ' (decoder fp32)' : ''}`);
   row('log level', process.env.SANA_LOG_LEVEL ?? 'info');
   row('shutdown grace', `${config.shutdownGraceSeconds} s`);
   return lines;
@@ -251,11 +256,12 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--max-queue <n>', 'requests waiting beyond those; more get RESOURCE_EXHAUSTED').env('SANA_MAX_QUEUE').argParser(nonNegativeInt).default(32))
     .addOption(new Option('--auth-token <token>', 'gateway: require "authorization: Bearer <token>" on Generate').env('SANA_AUTH_TOKEN'))
     .addOption(new Option('--threads <n>', 'ONNX Runtime threads per session (default: all cores)').env('SANA_THREADS').argParser(positiveInt))
+    .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').env('SANA_PRECISION').choices([...PRECISIONS]).default('fp32'))
     .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
     .action(async (role: Role, opts: {
       model?: string; host?: string; port?: number; metricsHost: string; metricsPort?: number; metrics: boolean;
       textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight: number; maxQueue: number;
-      authToken?: string; threads?: number; shutdownGrace: number;
+      authToken?: string; threads?: number; precision: Precision; shutdownGrace: number;
     }) => {
       const defaultModel = role !== 'gateway' && !opts.model;
       const config: ServeConfig = {
@@ -271,6 +277,7 @@ export function registerServe(program: Command): void {
         maxQueue: opts.maxQueue,
         authToken: opts.authToken,
         threads: opts.threads,
+        precision: opts.precision,
         shutdownGraceSeconds: opts.shutdownGrace,
       };
       const serving = await startServe(config);
