@@ -37,6 +37,7 @@ export class LocalDenoiser implements DenoiserStage {
       captionChannels: c.caption_channels,
       sampleSize: c.sample_size,
       patchSize: c.patch_size,
+      precision: this.transformer.precision,
     };
   }
 

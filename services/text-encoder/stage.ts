@@ -77,7 +77,7 @@ export class LocalTextEncoder implements TextEncoderStage {
   }
 
   info(): TextEncoderInfo {
-    return { hiddenSize: this.model.config.hidden_size };
+    return { hiddenSize: this.model.config.hidden_size, precision: this.model.precision };
   }
 
   cacheStats() {
