@@ -4,20 +4,30 @@
 //
 // As in the released SANA / SVDQuant (nunchaku) / ViDiT-Q code:
 //   weights      symmetric int8, one scale per output channel: s_w[o] = max_i |W[o,i]| / 127, q = round(W / s_w)
-//                (round half to even, clamped to [-127, 127]); quantized once, at compile time.
+//                (round half to even, clamped to [-127, 127]); quantized once, at compile time (the precision and
+//                these options are part of the compile-cache key).
 //   activations  dynamic, computed at run time from the tensor itself:
 //                  GPU  symmetric int8 per token (row): s_x[t] = max_i |X[t,i]| / 127
-//                  CPU  ONNX Runtime's fast path is uint8 × int8 (DynamicQuantizeLinear + MatMulInteger, fused to
-//                       com.microsoft DynamicQuantizeMatMul): asymmetric uint8, per tensor; see
-//                       `cpuActivationGranularity` and the quality report for its measured error.
-//   GEMM         int32 accumulation, then an fp32 epilogue: y[t,o] = acc[t,o] · s_x[t] · s_w[o] + bias[o] (+ the
-//                layer's fused tail: gate × residual add, ReLU + linear-attention state, GLU).
-//   smoothing    optional SmoothQuant: per input channel i, f[i] = max|X[:,i]|^α / max|W[:,i]|^(1-α) from calibration
-//                statistics; X / f is folded into the op that produces X (norm + modulation), W · f into the weights.
+//                  CPU  `cpuActivationGranularity` (default per tensor), both built by GraphBuilder.int8Linear:
+//                       per-tensor  com.microsoft DynamicQuantizeMatMul: asymmetric uint8 with one scale and zero
+//                                   point per tensor, u8×s8 → int32, fp32 epilogue (scales, bias) fused in the kernel;
+//                                   ONNX Runtime's fastest int8 path on these CPUs (s8 activations run slower than fp32)
+//                       per-token   the GPU's scheme: ReduceMax|x| per row, QuantizeLinear along axis 0 with zero
+//                                   point 128 (= the symmetric int8 value + 128, so the int32 sums equal s8×s8 ones),
+//                                   com.microsoft MatMulIntegerToFloat (u8×s8, per-column weight scales, bias), × s_x[t]
+//                       On a 4096×1152×1152 GEMM chain (2 cores): per-tensor 2.48×, per-token 2.16× the fp32 speed.
+//                       The quality report (`npm run bench -- quality`) measures the error of either.
+//   GEMM         int32 accumulation, then an fp32 epilogue: y[t,o] = acc[t,o] · s_x[t] · s_w[o] + bias[o].
+//   smoothing    optional SmoothQuant (Int8Options.smoothAlpha; off by default): per input channel i,
+//                f[i] = max|X[:,i]|^α / max|W[:,i]|^(1-α). The denoiser calibrates max|X| at compile time (fp32
+//                forwards of the model on seeded noise latents and captions at five timesteps); W·diag(f) is folded
+//                into the weights before quantization and X·diag(1/f) is one Mul per group of layers that read the
+//                same activation (q, k and v share one). The text encoder has no smoothing.
 //
-// Quantized layers (checkpoint key suffixes); everything else stays in high precision: patch embedding, timestep and
+// Quantized layers (checkpoint key suffixes below); everything else stays fp32: patch embedding, timestep and
 // caption embeddings, adaLN tables, norms, the final projection, the cross-attention K/V over the caption, the
-// depthwise conv, the linear-attention KV state and the cross-attention softmax (fp32).
+// depthwise conv, the linear-attention KV state and the cross-attention softmax; in Gemma-2 the token embedding,
+// RMSNorms, RoPE and the attention scores/softmax. The DC-AE decoder runs fp32.
 
 export const PRECISIONS = ['fp32', 'int8'] as const;
 export type Precision = (typeof PRECISIONS)[number];
