@@ -6,7 +6,9 @@
 //   latents        final latents of a whole int8 denoising run vs fp32, from fp32 embeddings (denoiser) and, with a
 //                  text encoder, from int8 embeddings (pipeline)
 //   image          PSNR of the decoded uint8 image vs the fp32 one (the decoder itself runs fp32)
-// Models without a text encoder get seeded random caption embeddings; without a vae/ folder, --vae names one.
+// Models without a text encoder get seeded random caption embeddings; without a vae/ folder, --vae names one;
+// without a scheduler/ folder, SANA's Flow-DPM-Solver default.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
@@ -28,7 +30,9 @@ import { toUint8 } from '../services/decoder/image.ts';
 import type { DitInputs } from '../services/denoiser/linear-dit.ts';
 import { LocalDenoiser } from '../services/denoiser/stage.ts';
 import { LocalTextEncoder } from '../services/text-encoder/stage.ts';
+import { cacheRoot } from '../services/common/compile-cache.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
+import { sanaScheduler } from '../services/cli/presets.ts';
 import { printTable } from './util.ts';
 
 const PROMPT = 'A small, fluffy white cat curled up on a sunny windowsill';
@@ -69,8 +73,21 @@ async function encodeBoth(modelDir: string, precision: PrecisionOptions, maxSequ
   }
 }
 
+/** The model folder itself, or (without scheduler/) a folder of links to its parts plus SANA's default scheduler. */
+function withScheduler(modelDir: string): string {
+  if (has(modelDir, 'scheduler')) return modelDir;
+  const abs = path.resolve(modelDir);
+  const dir = path.join(cacheRoot(), 'bench', 'quality-models', crypto.createHash('sha256').update(abs).digest('hex').slice(0, 16));
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
+  for (const part of fs.readdirSync(abs)) fs.symlinkSync(path.join(abs, part), path.join(dir, part));
+  fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(sanaScheduler()));
+  return dir;
+}
+
 /** Runs the report; rows in the order printed. */
-export async function qualityReport(o: QualityOptions): Promise<QualityRow[]> {
+export async function qualityReport(options: QualityOptions): Promise<QualityRow[]> {
+  const o = { ...options, modelDir: withScheduler(options.modelDir) };
   const rows: QualityRow[] = [];
   const compare = (stage: string, a: Float32Array, b: Float32Array, extra: Partial<QualityRow> = {}) =>
     rows.push({ stage, ...extra, cosine: cosineSimilarity(a, b), max_rel_err: maxRelativeError(a, b) });

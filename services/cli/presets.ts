@@ -188,7 +188,7 @@ export function tinyTextEncoder(): ComponentSpec {
 }
 
 /** scheduler/scheduler_config.json of the released SANA pipelines: Flow-DPM-Solver (flow_shift 6 for 4K). */
-function sanaScheduler(flowShift = 3.0): Record<string, unknown> {
+export function sanaScheduler(flowShift = 3.0): Record<string, unknown> {
   return {
     _class_name: 'DPMSolverMultistepScheduler',
     algorithm_type: 'dpmsolver++',

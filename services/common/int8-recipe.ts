@@ -14,7 +14,7 @@
 //                                   ONNX Runtime's fastest int8 path on these CPUs (s8 activations run slower than fp32)
 //                       per-token   the GPU's scheme: ReduceMax|x| per row, QuantizeLinear along axis 0 with zero
 //                                   point 128 (= the symmetric int8 value + 128, so the int32 sums equal s8×s8 ones),
-//                                   com.microsoft MatMulIntegerToFloat (u8×s8, per-column weight scales, bias), × s_x[t]
+//                                   com.microsoft MatMulIntegerToFloat (u8×s8, per-column weight scales), × s_x[t], + bias
 //                       On a 4096×1152×1152 GEMM chain (2 cores): per-tensor 2.48×, per-token 2.16× the fp32 speed.
 //                       The quality report (`npm run bench -- quality`) measures the error of either.
 //   GEMM         int32 accumulation, then an fp32 epilogue: y[t,o] = acc[t,o] · s_x[t] · s_w[o] + bias[o].

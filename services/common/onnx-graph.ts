@@ -269,9 +269,9 @@ export class GraphBuilder {
     const zeroPoint = this.constant(new Uint8Array([128]), []);
     const rowZeroPoints = this.op('Expand', [zeroPoint, this.shape(scale)]); // [M] uint8
     const xq = this.op('QuantizeLinear', [x, scale, rowZeroPoints], { axis: 0 }); // [M,in] uint8
-    const inputs = [xq, wq, this.scalar(1), ws, zeroPoint, '', ...(bias ? [bias] : [])];
-    const y = this.op('MatMulIntegerToFloat', inputs, {}, { domain: 'com.microsoft' }); // [M,out], scaled by s_w only
-    return this.mul(y, this.unsqueeze(scale, [1]));
+    const y = this.op('MatMulIntegerToFloat', [xq, wq, this.scalar(1), ws, zeroPoint], {}, { domain: 'com.microsoft' }); // [M,out], × s_w only
+    const scaled = this.mul(y, this.unsqueeze(scale, [1])); // × s_x[t]
+    return bias ? this.add(scaled, bias) : scaled;
   }
 
   /** Serialises the graph to `<dir>/model.onnx` and closes the weight file. Returns the model path. */
