@@ -6,8 +6,8 @@
 //   latents        final latents of a whole int8 denoising run vs fp32, from fp32 embeddings (denoiser) and, with a
 //                  text encoder, from int8 embeddings (pipeline)
 //   image          PSNR of the decoded uint8 image vs the fp32 one (the decoder itself runs fp32)
-// Models without a text encoder get seeded random caption embeddings; without a vae/ folder, --vae names one;
-// without a scheduler/ folder, SANA's Flow-DPM-Solver default.
+// Models without a text encoder get seeded random caption embeddings (with one but no tokenizer/, the small test
+// tokenizer where the vocabulary has room for it); without a vae/ folder, --vae names one; without a scheduler/ folder, SANA's Flow-DPM-Solver default.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -29,7 +29,9 @@ import { LocalDecoder } from '../services/decoder/stage.ts';
 import { toUint8 } from '../services/decoder/image.ts';
 import type { DitInputs } from '../services/denoiser/linear-dit.ts';
 import { LocalDenoiser } from '../services/denoiser/stage.ts';
-import { LocalTextEncoder } from '../services/text-encoder/stage.ts';
+import { loadGemma2Config } from '../services/text-encoder/gemma2.ts';
+import { LocalTextEncoder, type TextEncoderComponents } from '../services/text-encoder/stage.ts';
+import { writeTestTokenizer } from '../services/text-encoder/tokenizer.ts';
 import { cacheRoot } from '../services/common/compile-cache.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
 import { sanaScheduler } from '../services/cli/presets.ts';
@@ -62,8 +64,20 @@ export interface QualityRow {
 
 const has = (dir: string, part: string) => fs.existsSync(path.join(dir, part));
 
-async function encodeBoth(modelDir: string, precision: PrecisionOptions, maxSequenceLength: number): Promise<{ prompt: EncodeResult; negative: EncodeResult }> {
-  const encoder = await LocalTextEncoder.load(modelDir, { ...precision, cacheBytes: 0 });
+const TEST_TOKENIZER_VOCAB = 512;
+
+/** The text encoder and a tokenizer for it, when the model has a text encoder and a tokenizer fits. */
+function textEncoderParts(modelDir: string): TextEncoderComponents | undefined {
+  if (!has(modelDir, 'text_encoder')) return undefined;
+  const textEncoder = path.join(modelDir, 'text_encoder');
+  if (has(modelDir, 'tokenizer')) return { textEncoder, tokenizer: path.join(modelDir, 'tokenizer') };
+  if (loadGemma2Config(path.join(textEncoder, 'config.json')).vocab_size < TEST_TOKENIZER_VOCAB) return undefined;
+  const tokenizer = writeTestTokenizer(path.join(cacheRoot(), 'bench', 'test-tokenizer'), { vocabSize: TEST_TOKENIZER_VOCAB });
+  return { textEncoder, tokenizer };
+}
+
+async function encodeBoth(parts: TextEncoderComponents, precision: PrecisionOptions, maxSequenceLength: number): Promise<{ prompt: EncodeResult; negative: EncodeResult }> {
+  const encoder = await LocalTextEncoder.load(parts, { ...precision, cacheBytes: 0 });
   try {
     const prompt = await encoder.encode({ prompts: [PROMPT], useComplexHumanInstruction: true, maxSequenceLength });
     const negative = await encoder.encode({ prompts: [''], useComplexHumanInstruction: false, maxSequenceLength });
@@ -87,6 +101,7 @@ function withScheduler(modelDir: string): string {
 
 /** Runs the report; rows in the order printed. */
 export async function qualityReport(options: QualityOptions): Promise<QualityRow[]> {
+  if (!has(options.modelDir, 'transformer')) throw new Error(`${options.modelDir} has no transformer/: only the denoiser and text encoder run int8 (the decoder runs fp32)`);
   const o = { ...options, modelDir: withScheduler(options.modelDir) };
   const rows: QualityRow[] = [];
   const compare = (stage: string, a: Float32Array, b: Float32Array, extra: Partial<QualityRow> = {}) =>
@@ -97,9 +112,10 @@ export async function qualityReport(options: QualityOptions): Promise<QualityRow
   let lowText: typeof fp32Text | undefined;
   const denoiser32 = await LocalDenoiser.load(o.modelDir);
   const c = denoiser32.transformer.config;
-  if (has(o.modelDir, 'text_encoder') && has(o.modelDir, 'tokenizer')) {
-    fp32Text = await encodeBoth(o.modelDir, {}, o.maxSequenceLength);
-    lowText = await encodeBoth(o.modelDir, o.precision, o.maxSequenceLength);
+  const textParts = textEncoderParts(o.modelDir);
+  if (textParts) {
+    fp32Text = await encodeBoth(textParts, {}, o.maxSequenceLength);
+    lowText = await encodeBoth(textParts, o.precision, o.maxSequenceLength);
     compare('text-encoder prompt', fp32Text.prompt.embeds.data, lowText.prompt.embeds.data);
     compare('text-encoder negative', fp32Text.negative.embeds.data, lowText.negative.embeds.data);
   } else {
