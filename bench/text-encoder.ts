@@ -78,6 +78,8 @@ export async function run(argv: string[]): Promise<void> {
       compile_cache: model.compileCacheHit ? 'hit' : 'miss (built now)',
       rss_after_load_gib: Number(rssAfterLoad.toFixed(2)),
       rss_load_delta_gib: Number((rssAfterLoad - rssBefore).toFixed(2)),
+      // without prepacking the weights are mapped in by the first forward: the resident size after the runs
+      rss_after_runs_gib: Number((process.memoryUsage().rss / GiB).toFixed(2)),
     });
   }
   printTable(rows, json);
