@@ -4,6 +4,7 @@ const stages: Record<string, () => Promise<{ run(argv: string[]): Promise<void> 
   batching: () => import('./batching.ts'),
   decoder: () => import('./decoder.ts'),
   denoiser: () => import('./denoiser.ts'),
+  quality: () => import('./quality.ts'),
   serve: () => import('./serve.ts'),
   'text-encoder': () => import('./text-encoder.ts'),
 };

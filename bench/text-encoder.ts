@@ -1,6 +1,7 @@
-// `npm run bench -- text-encoder --preset gemma-2-2b --tokens 300`: seconds per Gemma-2 forward at real shapes
-// (random weights), analytic FLOPs, achieved GFLOP/s against this machine's fp32 MatMul peak measured in the same
-// run, load time and memory; then the stage's encode() with and without an embedding-cache hit.
+// `npm run bench -- text-encoder --preset gemma-2-2b --tokens 300 [--precision int8]`: seconds per Gemma-2 forward at
+// real shapes (random weights), analytic FLOPs, achieved GFLOP/s against this machine's fp32 MatMul peak measured in
+// the same run, load time and memory (int8 rows beside the fp32 rows of the same run, the models loaded one after
+// the other); then the stage's encode() with and without an embedding-cache hit.
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
@@ -11,7 +12,7 @@ import { LocalTextEncoder } from '../services/text-encoder/stage.ts';
 import { writeTestTokenizer } from '../services/common/random-tokenizer.ts';
 import { HfTokenizer } from '../services/text-encoder/tokenizer.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
-import { measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
+import { benchPrecisions, measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
 
 const GiB = 2 ** 30;
 
@@ -25,43 +26,65 @@ export async function run(argv: string[]): Promise<void> {
     .option('--no-stage', 'skip the encode() / cache rows')
     .option('--tokenizer <dir>', "tokenizer folder for the stage rows (default: the checkpoint's, else a small test tokenizer)")
     .option('--max-sequence-length <n>', 'max_sequence_length of the stage rows', '300')
+    .option('--precision <list>', 'fp32 | int8, comma-separated (int8 comes with fp32 rows)', 'fp32')
     .option('--json', 'one JSON object per row')
     .parse(argv, { from: 'user' })
-    .opts<{ preset: string; tokens: string; batch: string; repeats: string; prepack: boolean; stage: boolean; tokenizer?: string; maxSequenceLength: string; json?: boolean }>();
+    .opts<{ preset: string; tokens: string; batch: string; repeats: string; prepack: boolean; stage: boolean; tokenizer?: string; maxSequenceLength: string; precision: string; json?: boolean }>();
   const batch = Number(opts.batch);
   const lengths = opts.tokens.split(',').map(Number);
   const json = Boolean(opts.json);
 
   const checkpoint = cachedRandomCheckpoint(opts.preset);
-  const started = performance.now();
-  const model = await Gemma2Model.load(path.join(checkpoint, 'text_encoder'), { disablePrepacking: !opts.prepack });
-  const loadSeconds = (performance.now() - started) / 1000;
-  const rssAfterLoad = process.memoryUsage().rss / GiB;
-  const c = model.config;
   const peak = await measureMatmulPeakGflops();
-
   const rows: Record<string, string | number>[] = [];
-  for (const length of lengths) {
-    const ids = new BigInt64Array(batch * length);
-    for (let i = 0; i < ids.length; i++) ids[i] = i % length === 0 ? 2n : BigInt(3 + ((i * 7919) % (c.vocab_size - 3)));
-    const mask = new BigInt64Array(batch * length).fill(1n);
-    const inputs = [tensor(ids, [batch, length]), tensor(mask, [batch, length])] as const;
-    const seconds = median(await timeRuns(() => model.forward(...inputs), Number(opts.repeats)));
-    const gflop = gemma2ForwardFlops(c, batch, length) / 1e9;
-    rows.push({
-      stage: 'text-encoder',
+  const loads: Record<string, string | number>[] = [];
+  let model: Gemma2Model | undefined;
+  for (const precision of benchPrecisions(opts.precision)) {
+    await model?.close();
+    const rssBefore = process.memoryUsage().rss / GiB;
+    const started = performance.now();
+    model = await Gemma2Model.load(path.join(checkpoint, 'text_encoder'), { disablePrepacking: !opts.prepack, precision });
+    const loadSeconds = (performance.now() - started) / 1000;
+    const rssAfterLoad = process.memoryUsage().rss / GiB;
+    const c = model.config;
+    for (const length of lengths) {
+      const ids = new BigInt64Array(batch * length);
+      for (let i = 0; i < ids.length; i++) ids[i] = i % length === 0 ? 2n : BigInt(3 + ((i * 7919) % (c.vocab_size - 3)));
+      const mask = new BigInt64Array(batch * length).fill(1n);
+      const inputs = [tensor(ids, [batch, length]), tensor(mask, [batch, length])] as const;
+      const seconds = median(await timeRuns(() => model!.forward(...inputs), Number(opts.repeats)));
+      const gflop = gemma2ForwardFlops(c, batch, length) / 1e9;
+      const fp32Row = rows.find((r) => r.tokens === length && r.precision === 'fp32');
+      rows.push({
+        stage: 'text-encoder',
+        preset: opts.preset,
+        precision,
+        prepack: opts.prepack ? 'on' : 'off',
+        batch,
+        tokens: length,
+        median_s: Number(seconds.toFixed(3)),
+        gflop: Number(gflop.toFixed(1)),
+        gflops: Number((gflop / seconds).toFixed(1)),
+        peak_gflops: Number(peak.toFixed(1)),
+        of_peak: `${((100 * gflop) / seconds / peak).toFixed(1)}%`,
+        vs_fp32: fp32Row ? Number(((fp32Row.median_s as number) / seconds).toFixed(2)) : '',
+      });
+    }
+    loads.push({
+      stage: 'text-encoder-memory',
       preset: opts.preset,
-      prepack: opts.prepack ? 'on' : 'off',
-      batch,
-      tokens: length,
-      median_s: Number(seconds.toFixed(3)),
-      gflop: Number(gflop.toFixed(1)),
-      gflops: Number((gflop / seconds).toFixed(1)),
-      peak_gflops: Number(peak.toFixed(1)),
-      of_peak: `${((100 * gflop) / seconds / peak).toFixed(1)}%`,
+      precision,
+      load_s: Number(loadSeconds.toFixed(1)),
+      session_create_s: Number(model.session.loadSeconds.toFixed(1)),
+      compile_cache: model.compileCacheHit ? 'hit' : 'miss (built now)',
+      rss_after_load_gib: Number(rssAfterLoad.toFixed(2)),
+      rss_load_delta_gib: Number((rssAfterLoad - rssBefore).toFixed(2)),
+      // without prepacking the weights are mapped in by the first forward: the resident size after the runs
+      rss_after_runs_gib: Number((process.memoryUsage().rss / GiB).toFixed(2)),
     });
   }
   printTable(rows, json);
+  const c = model!.config;
 
   if (opts.stage) {
     const tokenizerDir =
@@ -69,7 +92,7 @@ export async function run(argv: string[]): Promise<void> {
       (fs.existsSync(path.join(checkpoint, 'tokenizer', 'tokenizer.json'))
         ? path.join(checkpoint, 'tokenizer')
         : writeTestTokenizer(path.join(cacheRoot(), 'bench', 'test-tokenizer'), { vocabSize: Math.min(512, c.vocab_size) }));
-    const stage = LocalTextEncoder.fromModel(model, HfTokenizer.load(tokenizerDir));
+    const stage = LocalTextEncoder.fromModel(model!, HfTokenizer.load(tokenizerDir));
     const msl = Number(opts.maxSequenceLength);
     const cases = [
       { case: 'prompt + CHI', request: { prompts: ['A small, fluffy white cat curled up on a sunny windowsill'], useComplexHumanInstruction: true, maxSequenceLength: msl } },
@@ -95,18 +118,8 @@ export async function run(argv: string[]): Promise<void> {
     printTable(stageRows, json);
     if (!json) console.log(`cache: ${s.hits} hits, ${s.misses} misses, ${s.entries} entries, ${(s.bytes / 2 ** 20).toFixed(2)} MiB; rows encoded ${s.encodedRows}; tokenizer ${tokenizerDir}`);
   }
-  await model.close();
-  const footer = {
-    load_s: Number(loadSeconds.toFixed(1)),
-    session_create_s: Number(model.session.loadSeconds.toFixed(1)),
-    compile_cache: model.compileCacheHit ? 'hit' : 'miss (built now)',
-    rss_after_load_gib: Number(rssAfterLoad.toFixed(2)),
-    peak_rss_gib: Number(peakRssGiB().toFixed(2)),
-  };
-  if (json) console.log(JSON.stringify({ stage: 'text-encoder-memory', preset: opts.preset, ...footer }));
-  else {
-    console.log(
-      `\nload ${footer.load_s} s (session ${footer.session_create_s} s, compile cache ${footer.compile_cache}); RSS after load ${footer.rss_after_load_gib} GiB, peak RSS ${footer.peak_rss_gib} GiB; runs per row: 1 warm-up + ${opts.repeats} timed`,
-    );
-  }
+  await model!.close();
+  if (!json) console.log('');
+  printTable(loads, json);
+  if (!json) console.log(`peak RSS ${peakRssGiB().toFixed(2)} GiB (whole run); runs per row: 1 warm-up + ${opts.repeats} timed`);
 }

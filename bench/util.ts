@@ -6,6 +6,7 @@ import { GraphBuilder, ElemType } from '../services/common/onnx-graph.ts';
 import { OrtSession } from '../services/common/ort-session.ts';
 import { tensor } from '../services/common/tensor.ts';
 import { cacheRoot } from '../services/common/compile-cache.ts';
+import { parsePrecision, type Precision } from '../services/common/int8-recipe.ts';
 
 export function median(values: number[]): number {
   const s = [...values].sort((a, b) => a - b);
@@ -70,6 +71,15 @@ export async function measureMatmulPeakGflops(threads = os.availableParallelism(
   } finally {
     await session.close();
   }
+}
+
+/**
+ * The precisions a benchmark compares, from `--precision <list>`: an int8 row always comes with the fp32 rows of
+ * the same run (first), so its speed-up is measured against a baseline under the same machine load.
+ */
+export function benchPrecisions(list: string): Precision[] {
+  const asked = list.split(',').map((p) => parsePrecision(p.trim(), '--precision'));
+  return [...new Set<Precision>(['fp32', ...asked])];
 }
 
 /** Prints rows as an aligned text table (or JSON lines with --json). */

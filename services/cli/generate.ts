@@ -7,6 +7,7 @@ import { type Command, Option } from 'commander';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
+import { type Precision, PRECISIONS } from '../common/int8-recipe.ts';
 import { generateRemote } from '../gateway/client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, validateGenerateArgs } from '../common/pipeline.ts';
 import { JobsClient } from '../gateway/jobs-client.ts';
@@ -32,6 +33,7 @@ export interface GenerateOptions {
   chi: boolean;
   out?: string;
   threads?: string;
+  precision: Precision;
   server?: string;
   token?: string;
   tiling: boolean;
@@ -192,7 +194,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
   const loadStart = performance.now();
   // loaded on demand: `sana generate --server` and `sana serve gateway` never load ONNX Runtime, the tokenizer or sharp
   const { loadLocalStages } = await import('./local-stages.ts');
-  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), tiling: tilingFromFlags(opts) });
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), tiling: tilingFromFlags(opts), precision: opts.precision });
   const run: Runner = (args, ctx) => generate(stages, args, ctx);
   run.close = () => stages.close();
   return { run, loadSeconds: (performance.now() - loadStart) / 1000 };
@@ -205,6 +207,7 @@ function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; lo
   if (!opts.tiling || opts.tileSize !== undefined || opts.tileOverlap !== undefined) {
     throw new InvalidArgumentError('tiling', 'the server at --server decodes with its own tiling (sana serve --tile-size); leave out the tiling flags');
   }
+  if (opts.precision !== 'fp32') throw new InvalidArgumentError('precision', 'the server at --server sets its own precision; leave out --precision');
   const token = opts.token ?? process.env.SANA_AUTH_TOKEN;
   return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
 }
@@ -224,6 +227,7 @@ export function addGenerateOptions(command: Command): Command {
     .option('--no-binning', 'turn off resolution binning (width and height must then be multiples of 32)')
     .option('--no-chi', 'turn off the complex human instruction prefix')
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
+    .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').choices([...PRECISIONS]).default('fp32'))
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
     .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)');
 }

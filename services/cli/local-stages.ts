@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
+import type { PrecisionOptions } from '../common/int8-recipe.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type { PipelineStages } from '../common/pipeline.ts';
 import { LocalDecoder, type LocalDecoderOptions } from '../decoder/stage.ts';
@@ -31,12 +32,13 @@ export function checkModelDir(modelDir: string): void {
 }
 
 /** The three stages in this process, from a pipeline checkpoint folder. */
-export async function loadLocalStages(modelDir: string, options: SessionOptions & Pick<LocalDecoderOptions, 'tiling'> = {}): Promise<LocalStages> {
+export async function loadLocalStages(modelDir: string, options: SessionOptions & PrecisionOptions & Pick<LocalDecoderOptions, 'tiling'> = {}): Promise<LocalStages> {
   checkModelDir(modelDir);
-  const { tiling, ...session } = options;
+  const { tiling, precision, int8, ...session } = options;
   // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
-  const textEncoder = await LocalTextEncoder.load(modelDir, session);
-  const denoiser = await LocalDenoiser.load(modelDir, session).catch(closingOnError([textEncoder]));
+  const textEncoder = await LocalTextEncoder.load(modelDir, { ...session, precision, int8 });
+  const denoiser = await LocalDenoiser.load(modelDir, { ...session, precision, int8 }).catch(closingOnError([textEncoder]));
+  // the decoder runs fp32 (see int8-recipe.ts)
   const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling }).catch(closingOnError([textEncoder, denoiser]));
   return {
     textEncoder,

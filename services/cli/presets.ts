@@ -37,6 +37,23 @@ function transformer(overrides: Partial<LinearDitConfig> & Pick<LinearDitConfig,
   };
 }
 
+/**
+ * Trained diffusion transformers have a few activation channels far larger than the rest; random weights do not.
+ * This plants them: in every block's adaLN table the scale rows (shift/scale/gate × msa/mlp: rows 1 and 4) get
+ * +(factor − 1) on a few channels, so the modulated LayerNorm output that feeds q/k/v and the Mix-FFN is ×factor
+ * there (scale_msa ≈ 0, so 1 + scale ≈ factor).
+ */
+export function withPlantedOutliers(spec: ComponentSpec, factor = 50, channels = [7, 300, 801]): ComponentSpec {
+  return {
+    ...spec,
+    plant: (name, shape, values) => {
+      if (!/^transformer_blocks\.\d+\.scale_shift_table$/.test(name)) return;
+      const width = shape[1]!;
+      for (const row of [1, 4]) for (const ch of channels) if (ch < width) values[row * width + ch]! += factor - 1;
+    },
+  };
+}
+
 const sana600m = { num_layers: 28 };
 const sana1600m = {
   num_layers: 20,
@@ -171,7 +188,7 @@ export function tinyTextEncoder(): ComponentSpec {
 }
 
 /** scheduler/scheduler_config.json of the released SANA pipelines: Flow-DPM-Solver (flow_shift 6 for 4K). */
-function sanaScheduler(flowShift = 3.0): Record<string, unknown> {
+export function sanaScheduler(flowShift = 3.0): Record<string, unknown> {
   return {
     _class_name: 'DPMSolverMultistepScheduler',
     algorithm_type: 'dpmsolver++',
@@ -230,6 +247,14 @@ export const PRESETS: Record<string, Preset> = {
     scheduler: sanaScheduler(),
   },
   'tiny-transformer': { description: 'a 2-layer transformer with tiny-a-like shapes (tests)', components: { transformer: () => tinyTransformer(8) } },
+  'tiny-transformer-outliers': {
+    description: 'tiny-transformer with ×50 activation outliers planted in a few channels (int8 smoothing tests)',
+    components: { transformer: () => withPlantedOutliers(tinyTransformer(8), 50, [3, 17]) },
+  },
+  'sana-600m-512-outliers': {
+    description: 'Sana_600M_512px with ×50 activation outliers planted in three channels of every block (int8 quality)',
+    components: { transformer: () => withPlantedOutliers(transformer({ ...sana600m, sample_size: 16 })) },
+  },
   'sana-600m-512': { description: 'Sana_600M_512px', components: { transformer: () => transformer({ ...sana600m, sample_size: 16 }) } },
   'sana-600m-1024': { description: 'Sana_600M_1024px', components: { transformer: () => transformer({ ...sana600m, sample_size: 32 }) } },
   'sana-1600m-512': { description: 'Sana_1600M_512px', components: { transformer: () => transformer({ ...sana1600m, sample_size: 16 }) } },

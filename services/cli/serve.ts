@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 
 import type { Registry } from 'prom-client';
 import type { AdmissionLimits } from '../common/admission.ts';
 import { ServiceHost } from '../common/grpc-server.ts';
+import { type Precision, PRECISIONS } from '../common/int8-recipe.ts';
 import { createLogger, type Logger } from '../common/logging.ts';
 import { createRegistry, startMetricsServer, type MetricsServer } from '../common/metrics.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
@@ -63,6 +64,8 @@ export interface ServeConfig {
   batchRows?: number;
   /** milliseconds an idle denoiser waits to fill a batch; default 0 */
   batchWaitMs?: number;
+  /** arithmetic of the text encoder and denoiser (the decoder runs fp32); default fp32 */
+  precision?: Precision;
   shutdownGraceSeconds: number;
   /** NATS server URL(s): the Jobs API on the gateway, the workers, the shared embedding cache; none without it */
   nats?: string;
@@ -109,6 +112,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
   const admission: AdmissionLimits = { maxInFlight: budget.maxInFlight, maxQueue: config.maxQueue };
   const service = new ServiceHost({ name: role, host, port, registry: shared.registry, logger: shared.logger?.child({ service: role }), admission, shutdownGraceSeconds: config.shutdownGraceSeconds });
   const session: SessionOptions = { intraOpThreads: budget.intraOpThreads, allowSpinning: false };
+  const precision = { precision: config.precision ?? 'fp32' } as const;
   const batchRows = config.batchRows ?? DEFAULT_BATCH_ROWS;
   const batching = batchRows > 0 ? { maxRows: batchRows, maxWaitMs: config.batchWaitMs ?? 0 } : undefined;
   let loading: Promise<Closable> | undefined;
@@ -130,9 +134,9 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
   };
   const { ready } =
     role === 'text-encoder'
-      ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, { ...session, sharedCache: shared.sharedCache }), warmUpTextEncoder)
+      ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, { ...session, ...precision, sharedCache: shared.sharedCache }), warmUpTextEncoder)
       : role === 'denoiser'
-        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, batching }), warmUpDenoiser)
+        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, ...precision, batching }), warmUpDenoiser)
         : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling: config.tiling }), warmUpDecoder);
   // closing while the model still loads waits for it, so its ONNX Runtime workers do not outlive the service
   return { service, ready, closeModel: async () => (await loading?.catch(() => undefined))?.close?.() };
@@ -333,6 +337,7 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
     const settings = budgetSettings(config);
     const stages = config.role === 'all' ? (['text-encoder', 'denoiser', 'decoder'] as const) : [config.role];
     row('threads', stages.map((s) => `${s} ${stageThreads(s, settings, config.role === 'all')}`).join(', ') + ' (spinning off)');
+    row('precision', `${config.precision ?? 'fp32'}${config.role === 'decoder' || config.role === 'all' ? ' (decoder fp32)' : ''}`);
   }
   if (config.role === 'all' || config.role === 'denoiser') {
     const rows = config.batchRows ?? DEFAULT_BATCH_ROWS;
@@ -379,6 +384,7 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--decoder-threads <n>', 'threads of the decoder session (overrides --threads)').env('SANA_DECODER_THREADS').argParser(positiveInt))
     .addOption(new Option('--batch-rows <n>', `denoiser: rows per step-level batched forward (a guided image is 2; 0: batching off)`).env('SANA_BATCH_ROWS').argParser(nonNegativeInt).default(DEFAULT_BATCH_ROWS))
     .addOption(new Option('--batch-wait-ms <n>', 'denoiser: milliseconds an idle batcher waits for more requests before its first forward').env('SANA_BATCH_WAIT_MS').argParser(nonNegativeInt).default(0))
+    .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').env('SANA_PRECISION').choices([...PRECISIONS]).default('fp32'))
     .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
     .addOption(new Option('--nats <url>', 'NATS server(s), e.g. nats://nats:4222: Jobs API (gateway), job pulling (worker), shared embedding cache (text-encoder)').env('SANA_NATS'))
     .addOption(new Option('--job-concurrency <n>', 'worker: jobs run at once').env('SANA_JOB_CONCURRENCY').argParser(positiveInt).default(1))
@@ -392,6 +398,7 @@ export function registerServe(program: Command): void {
       textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight?: number; maxQueue: number;
       authToken?: string; threads?: number; textEncoderThreads?: number; denoiserThreads?: number; decoderThreads?: number;
       batchRows: number; batchWaitMs: number; shutdownGrace: number; tiling: boolean; tileSize?: number; tileOverlap?: number;
+      precision: Precision;
       nats?: string; jobConcurrency: number; jobAckWait?: number; jobMaxDeliver?: number; jobResultTtl?: number;
       sharedCacheTtl?: number; sharedCacheMb?: number;
     }) => {
@@ -414,6 +421,7 @@ export function registerServe(program: Command): void {
         stageThreads: { 'text-encoder': opts.textEncoderThreads, denoiser: opts.denoiserThreads, decoder: opts.decoderThreads },
         batchRows: opts.batchRows,
         batchWaitMs: opts.batchWaitMs,
+        precision: opts.precision,
         shutdownGraceSeconds: opts.shutdownGrace,
         nats: opts.nats,
         jobs: { ackWaitSeconds: opts.jobAckWait, maxDeliver: opts.jobMaxDeliver, resultTtlSeconds: opts.jobResultTtl },

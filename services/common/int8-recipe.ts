@@ -4,20 +4,30 @@
 //
 // As in the released SANA / SVDQuant (nunchaku) / ViDiT-Q code:
 //   weights      symmetric int8, one scale per output channel: s_w[o] = max_i |W[o,i]| / 127, q = round(W / s_w)
-//                (round half to even, clamped to [-127, 127]); quantized once, at compile time.
+//                (round half to even, clamped to [-127, 127]); quantized once, at compile time (the precision and
+//                these options are part of the compile-cache key).
 //   activations  dynamic, computed at run time from the tensor itself:
 //                  GPU  symmetric int8 per token (row): s_x[t] = max_i |X[t,i]| / 127
-//                  CPU  ONNX Runtime's fast path is uint8 × int8 (DynamicQuantizeLinear + MatMulInteger, fused to
-//                       com.microsoft DynamicQuantizeMatMul): asymmetric uint8, per tensor; see
-//                       `cpuActivationGranularity` and the quality report for its measured error.
-//   GEMM         int32 accumulation, then an fp32 epilogue: y[t,o] = acc[t,o] · s_x[t] · s_w[o] + bias[o] (+ the
-//                layer's fused tail: gate × residual add, ReLU + linear-attention state, GLU).
-//   smoothing    optional SmoothQuant: per input channel i, f[i] = max|X[:,i]|^α / max|W[:,i]|^(1-α) from calibration
-//                statistics; X / f is folded into the op that produces X (norm + modulation), W · f into the weights.
+//                  CPU  `cpuActivationGranularity` (default per tensor), both built by GraphBuilder.int8Linear:
+//                       per-tensor  com.microsoft DynamicQuantizeMatMul: asymmetric uint8 with one scale and zero
+//                                   point per tensor, u8×s8 → int32, fp32 epilogue (scales, bias) fused in the kernel;
+//                                   ONNX Runtime's fastest int8 path on these CPUs (s8 activations run slower than fp32)
+//                       per-token   the GPU's scheme: ReduceMax|x| per row, QuantizeLinear along axis 0 with zero
+//                                   point 128 (= the symmetric int8 value + 128, so the int32 sums equal s8×s8 ones),
+//                                   com.microsoft MatMulIntegerToFloat (u8×s8, per-column weight scales), × s_x[t], + bias
+//                       On a 4096×1152×1152 GEMM chain (2 cores): per-tensor 2.48×, per-token 2.16× the fp32 speed.
+//                       The quality report (`npm run bench -- quality`) measures the error of either.
+//   GEMM         int32 accumulation, then an fp32 epilogue: y[t,o] = acc[t,o] · s_x[t] · s_w[o] + bias[o].
+//   smoothing    optional SmoothQuant (Int8Options.smoothAlpha; off by default): per input channel i,
+//                f[i] = max|X[:,i]|^α / max|W[:,i]|^(1-α). The denoiser calibrates max|X| at compile time (fp32
+//                forwards of the model on seeded noise latents and captions at five timesteps); W·diag(f) is folded
+//                into the weights before quantization and X·diag(1/f) is one Mul per group of layers that read the
+//                same activation (q, k and v share one). The text encoder has no smoothing.
 //
-// Quantized layers (checkpoint key suffixes); everything else stays in high precision: patch embedding, timestep and
+// Quantized layers (checkpoint key suffixes below); everything else stays fp32: patch embedding, timestep and
 // caption embeddings, adaLN tables, norms, the final projection, the cross-attention K/V over the caption, the
-// depthwise conv, the linear-attention KV state and the cross-attention softmax (fp32).
+// depthwise conv, the linear-attention KV state and the cross-attention softmax; in Gemma-2 the token embedding,
+// RMSNorms, RoPE and the attention scores/softmax. The DC-AE decoder runs fp32.
 
 export const PRECISIONS = ['fp32', 'int8'] as const;
 export type Precision = (typeof PRECISIONS)[number];
@@ -48,13 +58,62 @@ export const GEMMA2_INT8_LAYERS = [
 ] as const;
 
 export type ActivationGranularity = 'per-token' | 'per-tensor';
+export const ACTIVATION_GRANULARITIES: readonly ActivationGranularity[] = ['per-tensor', 'per-token'];
+
+/**
+ * The CPU graphs' default activation scheme: ONNX Runtime's fused per-tensor uint8 path (DynamicQuantizeMatMul).
+ * Per-token (symmetric, QuantizeLinear along the rows + MatMulIntegerToFloat) is the GPU's scheme and selectable;
+ * on this machine it ran at 2.16× fp32 against 2.48× for per-tensor on a 4096×1152×1152 GEMM chain.
+ */
+export const cpuActivationGranularity: ActivationGranularity = 'per-tensor';
 
 export interface Int8Options {
   /** SmoothQuant migration strength α in [0, 1]; null switches smoothing off. */
   smoothAlpha: number | null;
+  /** dynamic activation scales: one per tensor (CPU fast path) or one per token (row) */
+  activations: ActivationGranularity;
 }
 
-export const DEFAULT_INT8_OPTIONS: Int8Options = { smoothAlpha: null };
+export const DEFAULT_INT8_OPTIONS: Int8Options = { smoothAlpha: null, activations: cpuActivationGranularity };
+
+/** What a model loader takes besides its ONNX Runtime session options. */
+export interface PrecisionOptions {
+  precision?: Precision;
+  int8?: Partial<Int8Options>;
+}
+
+/** A `--precision` / SANA_PRECISION value, checked: the message names the field and the accepted values. */
+export function parsePrecision(value: string, field = 'precision'): Precision {
+  if (!(PRECISIONS as readonly string[]).includes(value)) throw new Error(`${field} must be one of ${PRECISIONS.join(', ')}, got "${value}"`);
+  return value as Precision;
+}
+
+/** The int8 options a graph compiles with, complete and checked (they are part of the compile-cache key). */
+export function resolveInt8Options(partial: Partial<Int8Options> = {}): Int8Options {
+  const o = { ...DEFAULT_INT8_OPTIONS, ...partial };
+  if (o.smoothAlpha !== null && !(o.smoothAlpha >= 0 && o.smoothAlpha <= 1)) throw new Error(`int8 smoothAlpha must be in [0, 1] or null, got ${o.smoothAlpha}`);
+  if (!ACTIVATION_GRANULARITIES.includes(o.activations)) throw new Error(`int8 activations must be one of ${ACTIVATION_GRANULARITIES.join(', ')}, got ${o.activations}`);
+  return o;
+}
+
+/** A quantized [rows, cols] weight transposed to [cols, rows] — the [in, out] layout MatMulInteger's B takes. */
+export function transposeInt8(q: QuantizedMatrix): Int8Array {
+  const t = new Int8Array(q.values.length);
+  for (let r = 0; r < q.rows; r++) for (let c = 0; c < q.cols; c++) t[c * q.rows + r] = q.values[r * q.cols + c]!;
+  return t;
+}
+
+/** max_o |W[o, i]| per input channel i of a row-major [out, in] weight (smoothing's weight statistic). */
+export function weightAbsMaxPerInput(w: Float32Array, rows: number, cols: number, into: Float32Array = new Float32Array(cols)): Float32Array {
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) into[c] = Math.max(into[c]!, Math.abs(w[r * cols + c]!));
+  return into;
+}
+
+/** W[o, i] · f[i] in place: a smoothing factor folded into a row-major [out, in] weight. */
+export function scaleInputChannels(w: Float32Array, rows: number, cols: number, f: Float32Array): Float32Array {
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) w[r * cols + c] = Math.fround(w[r * cols + c]! * f[c]!);
+  return w;
+}
 
 /** Round half to even, as torch.round, CUDA's __float2int_rn and ONNX QuantizeLinear do. */
 export function roundHalfEven(v: number): number {
@@ -126,4 +185,40 @@ export function referenceW8A8(x: QuantizedMatrix, w: QuantizedMatrix, bias?: Flo
     }
   }
   return y;
+}
+
+// ---- the error measures the recipe is judged by (quality report, tests, CPU-vs-GPU agreement) ----
+
+/** Cosine similarity of two equally long vectors, accumulated in float64; 1 when both are zero. */
+export function cosineSimilarity(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`cosineSimilarity: lengths ${a.length} and ${b.length} differ`);
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i]! * b[i]!;
+    na += a[i]! * a[i]!;
+    nb += b[i]! * b[i]!;
+  }
+  return na === 0 && nb === 0 ? 1 : dot / Math.sqrt(na * nb);
+}
+
+/** max |a − b| / max |reference|: the largest error relative to the reference's range. */
+export function maxRelativeError(reference: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (reference.length !== b.length) throw new Error(`maxRelativeError: lengths ${reference.length} and ${b.length} differ`);
+  let err = 0;
+  let range = 0;
+  for (let i = 0; i < reference.length; i++) {
+    err = Math.max(err, Math.abs(reference[i]! - b[i]!));
+    range = Math.max(range, Math.abs(reference[i]!));
+  }
+  return range === 0 ? (err === 0 ? 0 : Infinity) : err / range;
+}
+
+/** PSNR in dB of two uint8 images against the 255 peak; Infinity when identical. */
+export function psnrUint8(a: Uint8Array, b: Uint8Array): number {
+  if (a.length !== b.length) throw new Error(`psnrUint8: lengths ${a.length} and ${b.length} differ`);
+  let se = 0;
+  for (let i = 0; i < a.length; i++) se += (a[i]! - b[i]!) ** 2;
+  return se === 0 ? Infinity : 10 * Math.log10((255 * 255 * a.length) / se);
 }

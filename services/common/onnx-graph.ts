@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import onnxProto from 'onnx-proto';
+import { type ActivationGranularity, INT8_MAX, quantizeWeight, transposeInt8 } from './int8-recipe.ts';
 
 const { onnx } = onnxProto;
 
@@ -245,6 +246,32 @@ export class GraphBuilder {
     if (start !== undefined) attrs.start = start;
     if (end !== undefined) attrs.end = end;
     return this.op('Shape', [x], attrs);
+  }
+
+  /**
+   * A W8A8 linear layer (services/common/int8-recipe.ts): x [M,in] float · Wᵀ (+ bias) → [M,out] float, with the
+   * fp32 weight [out,in] quantized here, symmetric per output channel, stored int8 [in,out] as `<name>.int8`.
+   *   per-tensor  com.microsoft DynamicQuantizeMatMul: uint8 activations with one dynamic scale and zero point,
+   *               u8×s8 int32 GEMM, fp32 epilogue (scales, bias) in the same kernel
+   *   per-token   s_x[t] = max|x[t,:]|/127, QuantizeLinear along the rows with zero point 128 (the symmetric int8
+   *               value + 128, so the int32 sums equal the GPU's s8×s8 ones), com.microsoft MatMulIntegerToFloat
+   *               (u8×s8, per-column weight scales, bias), then × s_x[t]
+   */
+  int8Linear(x: string, name: string, weight: Float32Array, dims: [out: number, inDim: number], bias: string | undefined, activations: ActivationGranularity): string {
+    const q = quantizeWeight(weight, dims[0], dims[1]);
+    const wq = this.weight(`${name}.int8`, [dims[1], dims[0]], transposeInt8(q));
+    const ws = this.weight(`${name}.scale`, [dims[0]], q.scales);
+    if (activations === 'per-tensor') {
+      return this.op('DynamicQuantizeMatMul', [x, wq, ws, '', ...(bias ? [bias] : [])], {}, { domain: 'com.microsoft' });
+    }
+    const absMax = this.op('ReduceMax', [this.op('Abs', [x]), this.ints([1])], { keepdims: 0 }); // [M]
+    const scale = this.op('Max', [this.div(absMax, this.scalar(INT8_MAX)), this.scalar(1e-30)]); // [M], never 0
+    const zeroPoint = this.constant(new Uint8Array([128]), []);
+    const rowZeroPoints = this.op('Expand', [zeroPoint, this.shape(scale)]); // [M] uint8
+    const xq = this.op('QuantizeLinear', [x, scale, rowZeroPoints], { axis: 0 }); // [M,in] uint8
+    const y = this.op('MatMulIntegerToFloat', [xq, wq, this.scalar(1), ws, zeroPoint], {}, { domain: 'com.microsoft' }); // [M,out], × s_w only
+    const scaled = this.mul(y, this.unsqueeze(scale, [1])); // × s_x[t]
+    return bias ? this.add(scaled, bias) : scaled;
   }
 
   /** Serialises the graph to `<dir>/model.onnx` and closes the weight file. Returns the model path. */

@@ -15,6 +15,8 @@ export interface ComponentSpec {
   shapes: Map<string, number[]>;
   /** parameter init: 'norm' weights start at 1, biases and 'zero' at 0, matrices uniform with std 1/sqrt(fan_in) */
   init?: (name: string, shape: number[]) => 'norm' | 'zero' | 'matrix' | { std: number; mean?: number };
+  /** edits a tensor after its random init (e.g. planted activation outliers) */
+  plant?: (name: string, shape: number[], values: Float32Array) => void;
 }
 
 export interface WriteOptions {
@@ -74,13 +76,19 @@ function randomTensor(spec: ComponentSpec, name: string, shape: number[], seed: 
   return out;
 }
 
+function initTensor(spec: ComponentSpec, name: string, shape: number[], seed: number): Float32Array {
+  const out = randomTensor(spec, name, shape, seed);
+  spec.plant?.(name, shape, out);
+  return out;
+}
+
 /** Writes one component folder: config.json and its safetensors (one file or shards + index). */
 export function writeComponent(root: string, spec: ComponentSpec, options: WriteOptions = {}): string {
   const dir = path.join(root, spec.folder);
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(spec.config, null, 2)}\n`);
   const specs = [...spec.shapes].map(([name, shape]) => ({ name, shape }));
-  writeSafetensors(dir, spec.weightsStem, specs, (name) => randomTensor(spec, name, spec.shapes.get(name)!, options.seed ?? 0), {
+  writeSafetensors(dir, spec.weightsStem, specs, (name) => initTensor(spec, name, spec.shapes.get(name)!, options.seed ?? 0), {
     dtype: options.dtype,
     maxShardBytes: options.maxShardBytes,
   });

@@ -32,6 +32,8 @@ export interface EncodeResult {
 
 export interface TextEncoderInfo {
   hiddenSize: number;
+  /** arithmetic of the model: "fp32" or "int8" */
+  precision: string;
 }
 
 /** Running totals of a text encoder's embedding cache. */
@@ -82,6 +84,8 @@ export interface DenoiserInfo {
   /** transformer sample_size (latent pixels of the training resolution), which selects the aspect-ratio bins */
   sampleSize: number;
   patchSize: number;
+  /** arithmetic of the transformer: "fp32" or "int8" */
+  precision: string;
 }
 
 export interface DenoiseContext extends StageContext {
@@ -134,6 +138,8 @@ export interface DecoderInfo {
   /** pixels per latent pixel (32 for DC-AE F32C32) */
   spatialScale: number;
   scalingFactor: number;
+  /** arithmetic of the decoder: "fp32" */
+  precision: string;
 }
 
 /**

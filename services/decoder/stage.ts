@@ -43,6 +43,7 @@ export class LocalDecoder implements DecoderStage {
       latentChannels: this.model.config.latent_channels,
       spatialScale: this.model.spatialScale,
       scalingFactor: this.model.config.scaling_factor,
+      precision: 'fp32',
     };
   }
 

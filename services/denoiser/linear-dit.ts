@@ -8,15 +8,29 @@
 //                      x += gate_mlp · MixFFN(LN(x)·(1+scale_mlp)+shift_mlp)             (1×1, 3×3 dw, GLU, 1×1)
 //   LN(x)·(1+scale)+shift ─ proj_out ─ unpatchify ─► [B,C_out,H,W]
 //
-// Weights are addressed by the checkpoint's own keys; the graph is compiled once per checkpoint content.
+// Weights are addressed by the checkpoint's own keys; the graph is compiled once per checkpoint content and precision.
+// Precision int8 runs the block linears of DIT_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts), optionally
+// smoothed with factors calibrated once at compile time; everything else stays fp32.
+import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { cachedCompile } from '../common/compile-cache.ts';
 import { ConfigError, loadConfig, unsupported } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
+import {
+  DIT_INT8_LAYERS,
+  type Int8Options,
+  type Precision,
+  type PrecisionOptions,
+  resolveInt8Options,
+  scaleInputChannels,
+  smoothingFactors,
+  weightAbsMaxPerInput,
+} from '../common/int8-recipe.ts';
 import { ElemType, float, GraphBuilder } from '../common/onnx-graph.ts';
 import { OrtSession, type SessionOptions } from '../common/ort-session.ts';
+import { torchRandn } from '../common/torch-randn.ts';
 import { Checkpoint } from '../common/safetensors.ts';
 import { batchRows, concatRows, firstNonFinite, type HostTensor, tensor } from '../common/tensor.ts';
 
@@ -157,17 +171,39 @@ export function ditForwardFlops(c: LinearDitConfig, batch: number, height: numbe
   return batch * (blocks + edges);
 }
 
+// ---- int8: which layers, and which share an input ----
+
+const BLOCK_KEY = /^(transformer_blocks\.\d+)\.(.+)$/;
+
+/** Whether a linear (checkpoint key prefix) runs W8A8 under precision int8. */
+export function isDitInt8Layer(prefix: string): boolean {
+  const m = BLOCK_KEY.exec(prefix);
+  return m !== null && (DIT_INT8_LAYERS as readonly string[]).includes(m[2]!);
+}
+
+/** Quantized layers reading the same activation share one smoothing factor: the self-attention q, k and v. */
+export function ditSmoothingGroup(prefix: string): string {
+  const m = BLOCK_KEY.exec(prefix);
+  return m && /^attn1\.to_[qkv]$/.test(m[2]!) ? `${m[1]}.attn1.to_qkv` : prefix;
+}
+
+/** How the graph treats the int8 layers: quantized (with smoothing factors per group) or instrumented for calibration. */
+type Int8Plan = { kind: 'quantize'; options: Int8Options; smoothing: Map<string, Float32Array> } | { kind: 'calibrate' };
+
 // ---- the graph ----
 
 class DitGraph {
   readonly g: GraphBuilder;
   private readonly weights: CheckpointWeights;
   readonly dims: ReturnType<typeof ditDims>;
+  /** per smoothing group: the smoothed activation (quantize) or the recorded statistic (calibrate) */
+  private readonly groupInputs = new Map<string, string>();
 
   constructor(
     readonly c: LinearDitConfig,
     ckpt: Checkpoint,
     dir: string,
+    private readonly int8?: Int8Plan,
   ) {
     this.g = new GraphBuilder('sana_transformer', dir);
     this.weights = new CheckpointWeights(ckpt, ditTensorShapes(c));
@@ -179,9 +215,34 @@ class DitGraph {
     return this.g.weight(key, as ?? this.weights.shape(key), this.weights.read(key));
   }
 
-  /** x [M,in] · Wᵀ + b with the checkpoint's [out,in] weight used in place (Gemm transB). */
+  /** x [M,in] · Wᵀ + b with the checkpoint's [out,in] weight used in place (Gemm transB), or W8A8 under int8. */
   linear2d(x: string, prefix: string, bias = true): string {
     const shape = this.weights.shape(`${prefix}.weight`);
+    if (this.int8 && isDitInt8Layer(prefix)) {
+      const group = ditSmoothingGroup(prefix);
+      const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
+      if (this.int8.kind === 'calibrate') {
+        // max |x| per input channel over all tokens, a graph output named after the group
+        if (!this.groupInputs.has(group)) {
+          const absMax = this.g.op('ReduceMax', [this.g.op('Abs', [x]), this.g.ints([0])], { keepdims: 0 }); // [in]
+          this.g.output(absMax, `absmax.${group}`, ElemType.FLOAT, [inDim]);
+          this.groupInputs.set(group, absMax);
+        }
+      } else {
+        let weight = this.weights.read(`${prefix}.weight`);
+        let input = x;
+        const f = this.int8.smoothing.get(group);
+        if (f) {
+          // W·diag(f) into the weight, X·diag(1/f) once per group (shared by q, k, v)
+          weight = scaleInputChannels(weight.slice(), shape[0], inDim, f);
+          if (!this.groupInputs.has(group)) {
+            this.groupInputs.set(group, this.g.mul(x, this.g.weight(`${group}.smooth_inverse`, [inDim], f.map((v) => 1 / v))));
+          }
+          input = this.groupInputs.get(group)!;
+        }
+        return this.g.int8Linear(input, prefix, weight, [shape[0], inDim], bias ? this.w(`${prefix}.bias`) : undefined, this.int8.options.activations);
+      }
+    }
     const wName = this.w(`${prefix}.weight`, [shape[0], shape.slice(1).reduce((a, b) => a * b, 1)]);
     const inputs = [x, wName];
     if (bias) inputs.push(this.w(`${prefix}.bias`));
@@ -408,6 +469,57 @@ export interface DitInputs {
   timestep: HostTensor<Float32Array>;
 }
 
+/** Calibration of the smoothing factors: a 16×16 latent, timesteps across the schedule, one fixed seed. */
+const CALIBRATION = { latentSize: 16, captionLength: 32, timesteps: [999, 750, 500, 250, 20], seed: 20240521 };
+
+/**
+ * SmoothQuant factors per group of int8 layers: max |activation| per input channel from fp32 forwards of the model
+ * on seeded noise latents and captions at timesteps across the schedule, max |weight| per input channel over the
+ * group's weights, f = smoothingFactors(α). Runs at compile time; the result is part of the compiled graph.
+ */
+async function calibrateSmoothing(c: LinearDitConfig, ckpt: Checkpoint, out: string, alpha: number): Promise<Map<string, Float32Array>> {
+  const dir = path.join(out, 'calibration');
+  const modelFile = new DitGraph(c, ckpt, dir, { kind: 'calibrate' }).build();
+  const session = await OrtSession.create(modelFile);
+  const activationMax = new Map<string, Float32Array>();
+  try {
+    const { latentSize: s, captionLength: l, seed } = CALIBRATION;
+    const { inner, p } = ditDims(c);
+    const feeds: Record<string, HostTensor> = {
+      hidden_states: tensor(torchRandn([1, c.in_channels, s, s], seed), [1, c.in_channels, s, s]),
+      encoder_hidden_states: tensor(torchRandn([1, l, c.caption_channels], seed + 1), [1, l, c.caption_channels]),
+      encoder_attention_mask: tensor(new BigInt64Array(l).fill(1n), [1, l]),
+    };
+    if (c.interpolation_scale !== null) feeds.pos_embed = tensor(sincosPosEmbed(c, s / p, s / p), [1, (s / p) ** 2, inner]);
+    for (const t of CALIBRATION.timesteps) {
+      const outputs = await session.run({ ...feeds, timestep: tensor(new Float32Array([t * c.timestep_scale]), [1]) });
+      for (const [name, value] of Object.entries(outputs)) {
+        if (!name.startsWith('absmax.')) continue;
+        const group = name.slice('absmax.'.length);
+        const seen = activationMax.get(group);
+        const v = value.data as Float32Array;
+        if (!seen) activationMax.set(group, Float32Array.from(v));
+        else for (let i = 0; i < v.length; i++) seen[i] = Math.max(seen[i]!, v[i]!);
+      }
+    }
+  } finally {
+    await session.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const shapes = ditTensorShapes(c);
+  const weightMax = new Map<string, Float32Array>();
+  for (const [key, shape] of shapes) {
+    const prefix = key.replace(/\.weight$/, '');
+    if (!key.endsWith('.weight') || !isDitInt8Layer(prefix)) continue;
+    const group = ditSmoothingGroup(prefix);
+    const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
+    weightMax.set(group, weightAbsMaxPerInput(ckpt.readF32(key, shape), shape[0], inDim, weightMax.get(group)));
+  }
+  const factors = new Map<string, Float32Array>();
+  for (const [group, act] of activationMax) factors.set(group, smoothingFactors(act, weightMax.get(group)!, alpha));
+  return factors;
+}
+
 /**
  * Rows (batch × tokens) one ONNX Runtime run takes at most, as whole samples: MLAS's GEMM streams its left operand
  * once per column panel, and beyond about 4096 rows of 1152 channels that operand no longer stays in cache.
@@ -424,21 +536,27 @@ export class LinearDit {
     readonly config: LinearDitConfig,
     readonly session: OrtSession,
     readonly compileCacheHit: boolean,
+    readonly precision: Precision,
   ) {}
 
-  /** Loads `<dir>/config.json` and its safetensors (single or sharded, fp32/fp16/bf16). */
-  static async load(dir: string, options: SessionOptions = {}): Promise<LinearDit> {
+  /** Loads `<dir>/config.json` and its safetensors (single or sharded, fp32/fp16/bf16), in fp32 or W8A8 int8. */
+  static async load(dir: string, options: SessionOptions & PrecisionOptions = {}): Promise<LinearDit> {
+    const { precision = 'fp32', int8, ...sessionOptions } = options;
     const configFile = path.join(dir, 'config.json');
     const config = loadLinearDitConfig(configFile);
     const ckpt = Checkpoint.open(dir, 'diffusion_pytorch_model');
+    const int8Options = precision === 'int8' ? resolveInt8Options(int8) : undefined;
+    const code = [import.meta.url, new URL('../common/onnx-graph.ts', import.meta.url).href, new URL('../common/int8-recipe.ts', import.meta.url).href];
     const { dir: modelDir, hit } = await cachedCompile(
-      { kind: 'linear-dit', inputs: [configFile, ...ckpt.files], options: {}, code: [import.meta.url, new URL('../common/onnx-graph.ts', import.meta.url).href] },
-      (out) => {
-        new DitGraph(config, ckpt, out).build();
+      { kind: 'linear-dit', inputs: [configFile, ...ckpt.files], options: int8Options ? { precision, ...int8Options } : {}, code },
+      async (out) => {
+        if (!int8Options) return void new DitGraph(config, ckpt, out).build();
+        const smoothing = int8Options.smoothAlpha === null ? new Map<string, Float32Array>() : await calibrateSmoothing(config, ckpt, out, int8Options.smoothAlpha);
+        new DitGraph(config, ckpt, out, { kind: 'quantize', options: int8Options, smoothing }).build();
       },
     );
-    const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), options);
-    return new LinearDit(config, session, hit);
+    const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), sessionOptions);
+    return new LinearDit(config, session, hit, precision);
   }
 
   validate(inputs: DitInputs): void {

@@ -2,7 +2,8 @@
 // Flow-DPM-Solver steps) over a loaded Linear-DiT, run alone or, with batching on, in step-level batches shared
 // with other requests (step-batcher.ts).
 import path from 'node:path';
-import { InvalidArgumentError } from '../common/errors.ts';
+import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
+import type { PrecisionOptions } from '../common/int8-recipe.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage, ForwardStats } from '../common/stages.ts';
 import { firstNonFinite, type HostTensor } from '../common/tensor.ts';
@@ -11,7 +12,7 @@ import { type FlowDpmSolverSettings, loadSchedulerSettings, schedulerConfigFile,
 import { LinearDit } from './linear-dit.ts';
 import { type BatchingOptions, DenoiseJob, StepBatcher } from './step-batcher.ts';
 
-export interface LocalDenoiserOptions extends SessionOptions {
+export interface LocalDenoiserOptions extends SessionOptions, PrecisionOptions {
   batching?: BatchingOptions;
 }
 
@@ -49,6 +50,7 @@ export class LocalDenoiser implements DenoiserStage {
       captionChannels: c.caption_channels,
       sampleSize: c.sample_size,
       patchSize: c.patch_size,
+      precision: this.transformer.precision,
     };
   }
 

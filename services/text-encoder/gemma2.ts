@@ -14,13 +14,16 @@
 // reference does: a row whose keys are all masked (possible only in sliding layers) gets equal logits
 // (finfo.min) and therefore the uniform average of all L values.
 // Weights are addressed by the checkpoint's own keys; a Gemma2ForCausalLM checkpoint's `model.` prefix is
-// recognised. The graph is compiled once per checkpoint content.
+// recognised. The graph is compiled once per checkpoint content and precision: int8 runs the decoder-layer linears
+// of GEMMA2_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts, no smoothing); embeddings, norms, RoPE and the
+// attention softmax stay fp32.
 import path from 'node:path';
 import { z } from 'zod';
 import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { cachedCompile } from '../common/compile-cache.ts';
 import { ConfigError, loadConfig, unsupported } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
+import { GEMMA2_INT8_LAYERS, type Int8Options, type Precision, type PrecisionOptions, resolveInt8Options } from '../common/int8-recipe.ts';
 import { ElemType, float, GraphBuilder } from '../common/onnx-graph.ts';
 import { OrtSession, type SessionOptions } from '../common/ort-session.ts';
 import { Checkpoint, CheckpointError } from '../common/safetensors.ts';
@@ -155,6 +158,7 @@ class Gemma2Graph {
     ckpt: Checkpoint,
     private readonly prefix: string,
     dir: string,
+    private readonly int8?: Int8Options,
   ) {
     this.g = new GraphBuilder('gemma2_text_encoder', dir);
     this.weights = new CheckpointWeights(ckpt, gemma2TensorShapes(c, prefix));
@@ -173,8 +177,14 @@ class Gemma2Graph {
 
   /** x [M,in] · Wᵀ (+ b) with the checkpoint's [out,in] weight used in place (Gemm transB). */
   linear(x: string, key: string): string {
+    const bias = this.c.attention_bias && key.includes('.self_attn.') ? this.w(`${key}.bias`) : undefined;
+    if (this.int8 && (GEMMA2_INT8_LAYERS as readonly string[]).includes(key.replace(/^layers\.\d+\./, ''))) {
+      const name = this.prefix + key;
+      const shape = this.weights.shape(`${name}.weight`);
+      return this.g.int8Linear(x, name, this.weights.read(`${name}.weight`), [shape[0], shape[1]], bias, this.int8.activations);
+    }
     const inputs = [x, this.w(`${key}.weight`)];
-    if (this.c.attention_bias && key.includes('.self_attn.')) inputs.push(this.w(`${key}.bias`));
+    if (bias) inputs.push(bias);
     return this.g.op('Gemm', inputs, { transB: 1 });
   }
 
@@ -293,27 +303,31 @@ export class Gemma2Model {
     readonly config: Gemma2Config,
     readonly session: OrtSession,
     readonly compileCacheHit: boolean,
+    readonly precision: Precision,
   ) {}
 
-  /** Loads `<dir>/config.json` and its safetensors (`model*.safetensors`, single or sharded, fp32/fp16/bf16). */
-  static async load(dir: string, options: SessionOptions = {}): Promise<Gemma2Model> {
+  /** Loads `<dir>/config.json` and its safetensors (`model*.safetensors`, single or sharded, fp32/fp16/bf16), in fp32 or W8A8 int8. */
+  static async load(dir: string, options: SessionOptions & PrecisionOptions = {}): Promise<Gemma2Model> {
+    const { precision = 'fp32', int8, ...sessionOptions } = options;
     const configFile = path.join(dir, 'config.json');
     const config = loadGemma2Config(configFile);
     const ckpt = Checkpoint.open(dir, 'model');
     const prefix = gemma2KeyPrefix(ckpt);
+    const int8Options = precision === 'int8' ? resolveInt8Options(int8) : undefined;
+    if (int8Options && int8Options.smoothAlpha !== null) throw new Error('the Gemma-2 int8 graph has no smoothing: leave int8.smoothAlpha null');
     const { dir: modelDir, hit } = await cachedCompile(
       {
         kind: 'gemma2',
         inputs: [configFile, ...ckpt.files],
-        options: {},
-        code: [import.meta.url, new URL('../common/onnx-graph.ts', import.meta.url).href],
+        options: int8Options ? { precision, ...int8Options } : {},
+        code: [import.meta.url, new URL('../common/onnx-graph.ts', import.meta.url).href, new URL('../common/int8-recipe.ts', import.meta.url).href],
       },
       (out) => {
-        new Gemma2Graph(config, ckpt, prefix, out).build();
+        new Gemma2Graph(config, ckpt, prefix, out, int8Options).build();
       },
     );
-    const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), options);
-    return new Gemma2Model(config, session, hit);
+    const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), sessionOptions);
+    return new Gemma2Model(config, session, hit, precision);
   }
 
   validate(inputIds: HostTensor<BigInt64Array>, attentionMask: HostTensor<BigInt64Array>): void {

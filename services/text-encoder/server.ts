@@ -25,7 +25,7 @@ function validate(req: EncodeRequest): void {
 
 export function addTextEncoderService(host: ServiceHost, slot: StageSlot<TextEncoderStage>): void {
   host.addService(TEXT_ENCODER_SERVICE, TextEncoderService, {
-    getInfo: host.unary('GetInfo', async () => ({ hiddenSize: slot.get().info().hiddenSize })),
+    getInfo: host.unary('GetInfo', async () => slot.get().info()),
     encode: host.serverStream<EncodeRequest, EncodeResponse>(
       'Encode',
       async (req, scope, out) => {

@@ -2,6 +2,7 @@
 // embedding cache per (prompt, options). The gRPC server and the all-in-one pipeline both call encode().
 import path from 'node:path';
 import { CancelledError, InvalidArgumentError } from '../common/errors.ts';
+import type { PrecisionOptions } from '../common/int8-recipe.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type { EncodeRequest, EncodeResult, StageContext, TextEncoderInfo, TextEncoderStage } from '../common/stages.ts';
 import { tensor } from '../common/tensor.ts';
@@ -18,7 +19,7 @@ export interface TextEncoderComponents {
   tokenizer?: string;
 }
 
-export interface LocalTextEncoderOptions extends SessionOptions {
+export interface LocalTextEncoderOptions extends SessionOptions, PrecisionOptions {
   /** bytes of embeddings the cache keeps (default 256 MiB; 0 disables it) */
   cacheBytes?: number;
   /** most rows per Gemma-2 forward (default 8) */
@@ -76,12 +77,12 @@ export class LocalTextEncoder implements TextEncoderStage {
   }
 
   /** Around an already loaded model (benchmarks, or sharing one model between stages). */
-  static fromModel(model: Gemma2Model, tokenizer: TextTokenizer, options: Omit<LocalTextEncoderOptions, keyof SessionOptions | 'tokenizer'> = {}): LocalTextEncoder {
+  static fromModel(model: Gemma2Model, tokenizer: TextTokenizer, options: Omit<LocalTextEncoderOptions, keyof SessionOptions | keyof PrecisionOptions | 'tokenizer'> = {}): LocalTextEncoder {
     return new LocalTextEncoder(model, tokenizer, options);
   }
 
   info(): TextEncoderInfo {
-    return { hiddenSize: this.model.config.hidden_size };
+    return { hiddenSize: this.model.config.hidden_size, precision: this.model.precision };
   }
 
   cacheStats() {

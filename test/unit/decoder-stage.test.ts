@@ -28,7 +28,7 @@ describe('the decoder stage as the pipeline uses it', () => {
     const config = JSON.parse(fs.readFileSync(path.join(golden.component('vae'), 'config.json'), 'utf8'));
     // every stage after the first up-samples ×2
     const spatialScale = 2 ** (config.decoder_block_out_channels.length - 1);
-    expect(decoder.info()).toEqual({ latentChannels: config.latent_channels, spatialScale, scalingFactor: config.scaling_factor });
+    expect(decoder.info()).toEqual({ latentChannels: config.latent_channels, spatialScale, scalingFactor: config.scaling_factor, precision: 'fp32' });
   });
 
   test("final latents → PNG: the golden pipeline's uint8 image, up to float rounding of single values", async () => {

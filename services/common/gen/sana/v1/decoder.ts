@@ -32,6 +32,8 @@ export interface DecoderInfo {
   /** image pixels per latent pixel (32 for DC-AE F32C32) */
   spatialScale: number;
   scalingFactor: number;
+  /** arithmetic of the decoder: "fp32" */
+  precision: string;
 }
 
 export interface DecodeSettings {
@@ -97,7 +99,7 @@ export const GetDecoderInfoRequest: MessageFns<GetDecoderInfoRequest> = {
 };
 
 function createBaseDecoderInfo(): DecoderInfo {
-  return { latentChannels: 0, spatialScale: 0, scalingFactor: 0 };
+  return { latentChannels: 0, spatialScale: 0, scalingFactor: 0, precision: "" };
 }
 
 export const DecoderInfo: MessageFns<DecoderInfo> = {
@@ -110,6 +112,9 @@ export const DecoderInfo: MessageFns<DecoderInfo> = {
     }
     if (message.scalingFactor !== 0) {
       writer.uint32(25).double(message.scalingFactor);
+    }
+    if (message.precision !== "") {
+      writer.uint32(34).string(message.precision);
     }
     return writer;
   },
@@ -151,6 +156,14 @@ export const DecoderInfo: MessageFns<DecoderInfo> = {
             message.scalingFactor = reader.double();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.precision = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -171,6 +184,7 @@ export const DecoderInfo: MessageFns<DecoderInfo> = {
     message.latentChannels = object.latentChannels ?? 0;
     message.spatialScale = object.spatialScale ?? 0;
     message.scalingFactor = object.scalingFactor ?? 0;
+    message.precision = object.precision ?? "";
     return message;
   },
 };

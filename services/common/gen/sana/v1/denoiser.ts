@@ -33,6 +33,8 @@ export interface DenoiserInfo {
   /** transformer sample_size: latent pixels of the training resolution, which selects the aspect-ratio bins */
   sampleSize: number;
   patchSize: number;
+  /** arithmetic of the transformer: "fp32" or "int8" (W8A8) */
+  precision: string;
 }
 
 export interface DenoiseSettings {
@@ -128,7 +130,7 @@ export const GetDenoiserInfoRequest: MessageFns<GetDenoiserInfoRequest> = {
 };
 
 function createBaseDenoiserInfo(): DenoiserInfo {
-  return { inChannels: 0, outChannels: 0, captionChannels: 0, sampleSize: 0, patchSize: 0 };
+  return { inChannels: 0, outChannels: 0, captionChannels: 0, sampleSize: 0, patchSize: 0, precision: "" };
 }
 
 export const DenoiserInfo: MessageFns<DenoiserInfo> = {
@@ -147,6 +149,9 @@ export const DenoiserInfo: MessageFns<DenoiserInfo> = {
     }
     if (message.patchSize !== 0) {
       writer.uint32(40).uint32(message.patchSize);
+    }
+    if (message.precision !== "") {
+      writer.uint32(50).string(message.precision);
     }
     return writer;
   },
@@ -204,6 +209,14 @@ export const DenoiserInfo: MessageFns<DenoiserInfo> = {
             message.patchSize = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.precision = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -226,6 +239,7 @@ export const DenoiserInfo: MessageFns<DenoiserInfo> = {
     message.captionChannels = object.captionChannels ?? 0;
     message.sampleSize = object.sampleSize ?? 0;
     message.patchSize = object.patchSize ?? 0;
+    message.precision = object.precision ?? "";
     return message;
   },
 };

@@ -29,6 +29,8 @@ export interface GetTextEncoderInfoRequest {
 export interface TextEncoderInfo {
   /** width of one embedding (Gemma-2 hidden_size) */
   hiddenSize: number;
+  /** arithmetic of the model: "fp32" or "int8" (W8A8) */
+  precision: string;
 }
 
 export interface EncodeRequest {
@@ -100,13 +102,16 @@ export const GetTextEncoderInfoRequest: MessageFns<GetTextEncoderInfoRequest> = 
 };
 
 function createBaseTextEncoderInfo(): TextEncoderInfo {
-  return { hiddenSize: 0 };
+  return { hiddenSize: 0, precision: "" };
 }
 
 export const TextEncoderInfo: MessageFns<TextEncoderInfo> = {
   encode(message: TextEncoderInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.hiddenSize !== 0) {
       writer.uint32(8).uint32(message.hiddenSize);
+    }
+    if (message.precision !== "") {
+      writer.uint32(18).string(message.precision);
     }
     return writer;
   },
@@ -132,6 +137,14 @@ export const TextEncoderInfo: MessageFns<TextEncoderInfo> = {
             message.hiddenSize = reader.uint32();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.precision = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -150,6 +163,7 @@ export const TextEncoderInfo: MessageFns<TextEncoderInfo> = {
   fromPartial<I extends Exact<DeepPartial<TextEncoderInfo>, I>>(object: I): TextEncoderInfo {
     const message = createBaseTextEncoderInfo();
     message.hiddenSize = object.hiddenSize ?? 0;
+    message.precision = object.precision ?? "";
     return message;
   },
 };
