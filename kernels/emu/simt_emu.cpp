@@ -1,16 +1,89 @@
-// SIMT emulation (test support): the threads of a block run as ucontext fibers on the calling host thread.
+// SIMT emulation (test support): the threads of a block run as fibers on the calling host thread.
 // A fiber runs until it reaches a meeting point (__syncthreads, a warp exchange) or returns; the scheduler then
 // releases every group whose live members all wait at the same kind of meeting point. A block whose fibers can
 // never all meet (divergent __syncthreads, a warp collective with lanes gone) aborts with a message: on a GPU that
 // is a hang or undefined behaviour.
 #include "simt.h"
 
-#include <ucontext.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
+
+// ---- fiber context switch: callee-saved registers + FP control words on the fiber's own stack, no syscalls
+// (ucontext's swapcontext saves the signal mask with a syscall on every switch, 50× slower here) ----
+#if defined(__x86_64__)
+extern "C" void simt_ctx_switch(void **saveSp, void *loadSp);
+asm(R"(
+  .text
+  .globl simt_ctx_switch
+  .type simt_ctx_switch,@function
+simt_ctx_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size simt_ctx_switch,.-simt_ctx_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+
+namespace {
+struct Context {
+  void *sp = nullptr;
+};
+void switchContext(Context &from, Context &to) { simt_ctx_switch(&from.sp, to.sp); }
+/** A fresh context that starts `entry` on [stack, stack + bytes) (entry never returns). */
+void makeContext(Context &ctx, char *stack, size_t bytes, void (*entry)()) {
+  auto top = (uintptr_t)(stack + bytes) & ~(uintptr_t)15;
+  auto *slot = (uint64_t *)top;
+  slot[-1] = 0;                  // fake return address of entry: rsp ≡ 8 (mod 16) at its first instruction
+  slot[-2] = (uint64_t)entry;    // simt_ctx_switch's ret
+  for (int r = 3; r <= 8; r++) slot[-r] = 0;  // rbp rbx r12 r13 r14 r15
+  uint32_t mxcsr;
+  uint16_t fpucw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpucw));
+  auto *control = (unsigned char *)&slot[-9];
+  __builtin_memcpy(control, &mxcsr, 4);
+  __builtin_memcpy(control + 4, &fpucw, 2);
+  ctx.sp = &slot[-9];
+}
+}  // namespace
+#else
+#include <ucontext.h>
+namespace {
+struct Context {
+  ucontext_t uc;
+};
+void switchContext(Context &from, Context &to) { swapcontext(&from.uc, &to.uc); }
+__attribute__((noinline)) void makeContext(Context &ctx, char *stack, size_t bytes, void (*entry)()) {
+  getcontext(&ctx.uc);
+  ctx.uc.uc_stack.ss_sp = stack;
+  ctx.uc.uc_stack.ss_size = bytes;
+  ctx.uc.uc_link = nullptr;
+  makecontext(&ctx.uc, entry, 0);
+}
+}  // namespace
+#endif
 
 namespace simt {
 thread_local ThreadState *current = nullptr;
@@ -19,7 +92,7 @@ namespace {
 enum class Wait { None, Block, Warp, Done };
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   ThreadState state;
   Wait wait = Wait::None;
   const void *deposit = nullptr;  // warp exchange: this lane's bytes
@@ -27,12 +100,11 @@ struct Fiber {
   size_t bytes = 0;
 };
 
-constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kStackBytes = 128 * 1024;
 
 struct Scheduler {
-  ucontext_t main;
+  Context main;
   std::vector<Fiber> fibers;
-  std::vector<std::vector<char>> stacks;
   const std::function<void()> *body = nullptr;
   Fiber *running = nullptr;
 };
@@ -42,17 +114,23 @@ void fiber_entry() {
   Scheduler *s = sched;
   (*s->body)();
   s->running->wait = Wait::Done;
-  swapcontext(&s->running->ctx, &s->main);
+  switchContext(s->running->ctx, s->main);
 }
 
 void yield_to_scheduler() {
   Fiber *f = sched->running;
-  swapcontext(&f->ctx, &sched->main);
+  switchContext(f->ctx, sched->main);
   current = &sched->running->state;
 }
 
-// getcontext returns twice: kept out of launch() so its loop counters stay in registers safely
-__attribute__((noinline)) void prepare(Fiber &f, std::vector<char> &stack, unsigned t, dim3 block, dim3 blockId, dim3 grid) {
+/** Fiber stacks, allocated once per host thread and never zero-filled. */
+char *fiberStack(unsigned t) {
+  thread_local std::vector<std::unique_ptr<char[]>> stacks;
+  while (stacks.size() <= t) stacks.emplace_back(new char[kStackBytes]);
+  return stacks[t].get();
+}
+
+void prepare(Fiber &f, unsigned t, dim3 block, dim3 blockId, dim3 grid) {
   f.state.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
   f.state.bid = blockId;
   f.state.bdim = block;
@@ -60,11 +138,7 @@ __attribute__((noinline)) void prepare(Fiber &f, std::vector<char> &stack, unsig
   f.state.lane = t & 31;
   f.state.warp = t >> 5;
   f.wait = Wait::None;
-  getcontext(&f.ctx);
-  f.ctx.uc_stack.ss_sp = stack.data();
-  f.ctx.uc_stack.ss_size = stack.size();
-  f.ctx.uc_link = nullptr;
-  makecontext(&f.ctx, fiber_entry, 0);
+  makeContext(f.ctx, fiberStack(t), kStackBytes, fiber_entry);
 }
 
 [[noreturn]] void deadlock(const char *what, const dim3 &b) {
@@ -99,14 +173,12 @@ void launch(dim3 grid, dim3 block, const std::function<void()> &body) {
   sched = &s;
   s.body = &body;
   s.fibers.resize(n);
-  s.stacks.resize(n);
-  for (auto &st : s.stacks) st.resize(kStackBytes);
   const unsigned warps = (n + 31) / 32;
 
   for (unsigned bz = 0; bz < grid.z; bz++)
     for (unsigned by = 0; by < grid.y; by++)
       for (unsigned bx = 0; bx < grid.x; bx++) {
-        for (unsigned t = 0; t < n; t++) prepare(s.fibers[t], s.stacks[t], t, block, dim3(bx, by, bz), grid);
+        for (unsigned t = 0; t < n; t++) prepare(s.fibers[t], t, block, dim3(bx, by, bz), grid);
         std::vector<bool> runnable(n, true);
         for (;;) {
           for (unsigned t = 0; t < n; t++) {
@@ -114,7 +186,7 @@ void launch(dim3 grid, dim3 block, const std::function<void()> &body) {
             s.running = &s.fibers[t];
             current = &s.fibers[t].state;
             s.fibers[t].wait = Wait::None;
-            swapcontext(&s.main, &s.fibers[t].ctx);
+            switchContext(s.main, s.fibers[t].ctx);
             runnable[t] = false;
           }
           unsigned done = 0, atBlock = 0;

@@ -8,23 +8,40 @@ import { concatRows, firstNonFinite, type HostTensor, tensor } from '../common/t
 import { ConfigError } from '../common/config.ts';
 import { FlowDpmSolver, type FlowDpmSolverSettings, loadSchedulerSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
 import { applyGuidance, firstChannels } from './guidance.ts';
-import { LinearDit } from './linear-dit.ts';
+import { CudaLinearDit, type CudaMode, type Device } from './cuda-backend.ts';
+import { type DitInputs, LinearDit, type LinearDitConfig } from './linear-dit.ts';
+
+/** What the stage needs of a transformer engine: ONNX Runtime on the CPU (LinearDit) or the CUDA kernels. */
+export interface DitEngine {
+  readonly config: LinearDitConfig;
+  forward(inputs: DitInputs): Promise<HostTensor<Float32Array>>;
+  close(): Promise<void>;
+}
+
+export interface DenoiserOptions extends SessionOptions {
+  /** cpu: ONNX Runtime (default); cuda: the kernels/ addon */
+  device?: Device;
+  /** the CUDA backend's arithmetic: int8 (W8A8, default) or bf16 (its accuracy reference) */
+  cudaMode?: CudaMode;
+}
 
 export class LocalDenoiser implements DenoiserStage {
   private constructor(
-    readonly transformer: LinearDit,
+    readonly transformer: DitEngine,
     readonly schedulerSettings: FlowDpmSolverSettings,
   ) {}
 
   /** Loads `<modelDir>/transformer` and `<modelDir>/scheduler`. */
-  static async load(modelDir: string, options: SessionOptions = {}): Promise<LocalDenoiser> {
+  static async load(modelDir: string, options: DenoiserOptions = {}): Promise<LocalDenoiser> {
     const schedulerDir = path.join(modelDir, 'scheduler');
     const settings = loadSchedulerSettings(schedulerDir);
     if (settings.algorithm.startsWith('sde-')) {
       // the SDE solvers draw fresh noise every step from the pipeline's generator, which lives in the gateway
       throw new ConfigError(schedulerConfigFile(schedulerDir), `key "algorithm_type" = "${settings.algorithm}" is not supported by the serving pipeline (stochastic)`);
     }
-    const transformer = await LinearDit.load(path.join(modelDir, 'transformer'), options);
+    const { device = 'cpu', cudaMode, ...session } = options;
+    const transformerDir = path.join(modelDir, 'transformer');
+    const transformer = device === 'cuda' ? await CudaLinearDit.load(transformerDir, { mode: cudaMode }) : await LinearDit.load(transformerDir, session);
     return new LocalDenoiser(transformer, settings);
   }
 
