@@ -10,6 +10,7 @@ OUT=${SANA_KERNELS_BUILD:-build/kernels}
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 NODE_API_INCLUDE=${NODE_API_INCLUDE:-node_modules/node-api-headers/include}
 ARCHS=${SANA_CUDA_ARCHS:-80 89 90}
+JOBS=${SANA_KERNELS_JOBS:-2}  # 1: one nvcc at a time
 want_emu=1
 want_cuda=1
 case "${1:-}" in
@@ -48,11 +49,12 @@ build_cuda() {
   local nvflags=(-std=c++17 -O3 "${gencode[@]}" -Werror all-warnings -Xptxas -v -Xcompiler -fPIC,-Wall,-Werror -Ikernels/include)
   "$NVCC" "${nvflags[@]}" -c kernels/src/forward.cu -o "$obj/forward.o" 2>"$obj/ptxas-forward.txt" &
   local p1=$!
+  [ "$JOBS" = 1 ] && { wait "$p1" || { cat "$obj/ptxas-forward.txt" >&2; exit 1; }; }
   "$NVCC" "${nvflags[@]}" -c kernels/test/kernel_tests.cu -o "$obj/kernel_tests.o" 2>"$obj/ptxas-tests.txt" &
   local p2=$!
   for src in "${HOST_SOURCES[@]}"; do g++ "${CXXFLAGS[@]}" -c "$src" -o "$obj/$(basename "$src").o"; done
   g++ "${CXXFLAGS[@]}" -DSANA_CUDA_BUILD -I"$NODE_API_INCLUDE" -c kernels/addon/addon.cpp -o "$obj/addon.o"
-  wait "$p1" || { cat "$obj/ptxas-forward.txt" >&2; exit 1; }
+  [ "$JOBS" = 1 ] || wait "$p1" || { cat "$obj/ptxas-forward.txt" >&2; exit 1; }
   wait "$p2" || { cat "$obj/ptxas-tests.txt" >&2; exit 1; }
   local cudalib
   cudalib=$(dirname "$(dirname "$NVCC")")/lib64

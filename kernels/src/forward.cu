@@ -447,8 +447,10 @@ int sana_dit_finalize(SanaDit *dit, char *err, size_t err_len) {
   try {
     HostDit &h = dit->host;
     for (const auto &[key, count] : requiredKeys(h)) {
-      const auto &v = h.get(key);
-      if (v.size() != count) throw std::runtime_error(key + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(count));
+      auto q = h.int8.find(key);
+      // int8 mode: the W8A8 layers need only their int8 copy
+      const size_t have = h.mode == SANA_DIT_INT8 && q != h.int8.end() ? q->second.values.size() : h.get(key).size();
+      if (have != count) throw std::runtime_error(key + " has " + std::to_string(have) + " values, expected " + std::to_string(count));
     }
     if (h.mode == SANA_DIT_INT8)
       for (int i = 0; i < h.c.num_layers; i++)

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { type Command, Option } from 'commander';
+import { DEVICES, type Device } from '../denoiser/cuda-backend.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
@@ -30,6 +31,7 @@ interface GenerateOptions {
   chi: boolean;
   out: string;
   threads?: string;
+  device: Device;
   server?: string;
   token?: string;
 }
@@ -157,7 +159,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
     modelDir = defaultModelDir();
   }
   const loadStart = performance.now();
-  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads) });
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), device: opts.device });
   const run: Runner = (args, ctx) => generate(stages, args, ctx);
   run.close = () => stages.close();
   return { run, loadSeconds: (performance.now() - loadStart) / 1000 };
@@ -167,6 +169,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
 function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; loadSeconds: number } {
   if (opts.model) throw new InvalidArgumentError('model', 'the server at --server uses its own model; leave out --model');
   if (opts.threads) throw new InvalidArgumentError('threads', 'the server at --server sets its own threads; leave out --threads');
+  if (opts.device !== 'cpu') throw new InvalidArgumentError('device', 'the server at --server chooses its own device; leave out --device');
   const token = opts.token ?? process.env.SANA_AUTH_TOKEN;
   return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
 }
@@ -188,6 +191,7 @@ export function registerGenerate(program: Command): void {
     .option('--no-binning', 'turn off resolution binning (width and height must then be multiples of 32)')
     .option('--no-chi', 'turn off the complex human instruction prefix')
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
+    .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused INT8 kernels)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
     .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
     .requiredOption('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...)')

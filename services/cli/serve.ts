@@ -14,6 +14,7 @@ import type { DecoderStage, DenoiserStage, TextEncoderStage } from '../common/st
 import { addDecoderService, warmUpDecoder } from '../decoder/server.ts';
 import { LocalDecoder } from '../decoder/stage.ts';
 import { addDenoiserService, warmUpDenoiser } from '../denoiser/server.ts';
+import { DEVICES, type Device } from '../denoiser/cuda-backend.ts';
 import { LocalDenoiser } from '../denoiser/stage.ts';
 import { checkModelDir } from '../gateway/pipeline.ts';
 import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
@@ -52,6 +53,8 @@ export interface ServeConfig {
   authToken?: string;
   /** ONNX Runtime intra-op threads per session (default: all cores) */
   threads?: number;
+  /** the denoiser's transformer engine: cpu (ONNX Runtime) or cuda (the kernels/ addon) */
+  device?: Device;
   shutdownGraceSeconds: number;
 }
 
@@ -97,7 +100,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
     role === 'text-encoder'
       ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, session), warmUpTextEncoder)
       : role === 'denoiser'
-        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, session), warmUpDenoiser)
+        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, device: config.device }), warmUpDenoiser)
         : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), session), warmUpDecoder);
   // closing while the model still loads waits for it, so its ONNX Runtime workers do not outlive the service
   return { service, ready, closeModel: async () => (await loading?.catch(() => undefined))?.close?.() };
@@ -228,6 +231,7 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
   if (config.role === 'gateway' || config.role === 'all') row('auth', config.authToken ? 'bearer token required' : 'off');
   row('metrics', serving.metricsPort !== undefined ? `http://${config.metricsHost}:${serving.metricsPort}/metrics` : 'off');
   row('threads', config.threads ?? 'all cores');
+  if (config.role === 'denoiser' || config.role === 'all') row('device', config.device ?? 'cpu');
   row('log level', process.env.SANA_LOG_LEVEL ?? 'info');
   row('shutdown grace', `${config.shutdownGraceSeconds} s`);
   return lines;
@@ -251,11 +255,12 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--max-queue <n>', 'requests waiting beyond those; more get RESOURCE_EXHAUSTED').env('SANA_MAX_QUEUE').argParser(nonNegativeInt).default(32))
     .addOption(new Option('--auth-token <token>', 'gateway: require "authorization: Bearer <token>" on Generate').env('SANA_AUTH_TOKEN'))
     .addOption(new Option('--threads <n>', 'ONNX Runtime threads per session (default: all cores)').env('SANA_THREADS').argParser(positiveInt))
+    .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused INT8 kernels)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
     .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
     .action(async (role: Role, opts: {
       model?: string; host?: string; port?: number; metricsHost: string; metricsPort?: number; metrics: boolean;
       textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight: number; maxQueue: number;
-      authToken?: string; threads?: number; shutdownGrace: number;
+      authToken?: string; threads?: number; device: Device; shutdownGrace: number;
     }) => {
       const defaultModel = role !== 'gateway' && !opts.model;
       const config: ServeConfig = {
@@ -271,6 +276,7 @@ export function registerServe(program: Command): void {
         maxQueue: opts.maxQueue,
         authToken: opts.authToken,
         threads: opts.threads,
+        device: opts.device,
         shutdownGraceSeconds: opts.shutdownGrace,
       };
       const serving = await startServe(config);

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { ConfigError } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
-import { DIT_INT8_LAYERS, quantizeWeight } from '../common/int8-recipe.ts';
+import { DIT_INT8_LAYERS, INT8_MAX, quantizeWeight } from '../common/int8-recipe.ts';
 import { Checkpoint } from '../common/safetensors.ts';
 import { type HostTensor, tensor } from '../common/tensor.ts';
 import { type DitInputs, ditDims, ditTensorShapes, type LinearDitConfig, loadLinearDitConfig, sincosPosEmbed, validateDitInputs } from './linear-dit.ts';
@@ -24,6 +24,15 @@ export type Device = (typeof DEVICES)[number];
 
 export const CUDA_MODES = ['int8', 'bf16'] as const;
 export type CudaMode = (typeof CUDA_MODES)[number];
+
+/**
+ * Parity limits of the backend against fp32 (max |ours − ref| / max |ref|), derived from the arithmetic:
+ *   int8  rounding to the nearest of 127 steps per row moves each GEMM operand by at most 0.5/127 of its row maximum,
+ *         both operands 2 · 0.5/127 = 7.9e-3; a block's residual branches chain two such GEMMs (QKV → out,
+ *         inverted → point): 2 · 7.9e-3.
+ *   bf16  8 significant bits: each rounded operand moves by at most 2^-9 relative, both operands 2^-8.
+ */
+export const PARITY_LIMITS: Record<CudaMode, number> = { int8: 2 * ((2 * 0.5) / INT8_MAX), bf16: 2 ** -8 };
 
 /** The kernels' cross-attention keeps one caption's scores in shared memory. */
 export const MAX_CAPTION_TOKENS = 300;
@@ -102,13 +111,26 @@ export class CudaLinearDit {
 
   /** Loads `<dir>/config.json` and its safetensors (any dtype) and uploads them; refuses configs the kernels lack. */
   static async load(dir: string, options: CudaDitOptions = {}): Promise<CudaLinearDit> {
-    const mode = options.mode ?? 'int8';
     const configFile = path.join(dir, 'config.json');
     const c = loadLinearDitConfig(configFile);
     if (c.qk_norm !== null) throw new ConfigError(configFile, `key "qk_norm" = "${c.qk_norm}" is not supported by the CUDA backend yet; use --device cpu`);
     if (![8, 16, 32].includes(c.attention_head_dim)) {
       throw new ConfigError(configFile, `key "attention_head_dim" = ${c.attention_head_dim} is not supported by the CUDA backend (8, 16 or 32)`);
     }
+    const weights = new CheckpointWeights(Checkpoint.open(dir, 'diffusion_pytorch_model'), ditTensorShapes(c));
+    const dit = CudaLinearDit.fromTensors(c, (key) => weights.read(key), options);
+    try {
+      weights.assertAllUsed('model');
+    } catch (e) {
+      await dit.close();
+      throw e;
+    }
+    return dit;
+  }
+
+  /** Uploads a configured model whose tensors `read` returns by checkpoint key (fp32, the contract shapes). */
+  static fromTensors(c: LinearDitConfig, read: (key: string) => Float32Array, options: CudaDitOptions = {}): CudaLinearDit {
+    const mode = options.mode ?? 'int8';
     const addon = loadAddon(options.addon ?? process.env.SANA_CUDA_ADDON ?? DEFAULT_CUDA_ADDON);
     const { ffHidden, outChannels } = ditDims(c);
     const handle = addon.create(
@@ -133,22 +155,21 @@ export class CudaLinearDit {
     );
     try {
       const shapes = ditTensorShapes(c);
-      const weights = new CheckpointWeights(Checkpoint.open(dir, 'diffusion_pytorch_model'), shapes);
       const int8Keys = new Set<string>();
       if (mode === 'int8') {
         for (let i = 0; i < c.num_layers; i++) for (const layer of DIT_INT8_LAYERS) int8Keys.add(`transformer_blocks.${i}.${layer}.weight`);
       }
-      for (const key of shapes.keys()) {
-        const values = weights.read(key);
-        addon.setF32(handle, key, values);
+      for (const [key, shape] of shapes) {
+        const values = read(key);
         if (int8Keys.has(key)) {
-          const [rows, ...rest] = shapes.get(key)!;
+          const [rows, ...rest] = shape;
           const cols = rest.reduce((a, b) => a * b, 1); // 1×1 convs as [out, in]
           const q = quantizeWeight(values, rows, cols);
           addon.setInt8(handle, key, q.values, q.scales, rows, cols);
+          if (!options.keepHostCopy) continue; // the int8 copy is all the device needs
         }
+        addon.setF32(handle, key, values);
       }
-      weights.assertAllUsed('model');
       addon.finalize(handle);
       return new CudaLinearDit(c, mode, addon.probe().description, addon, handle);
     } catch (e) {

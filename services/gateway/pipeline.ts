@@ -9,7 +9,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError } from '../common/errors.ts';
 import { FORMATS, intInRange, LIMITS } from '../common/limits.ts';
-import type { SessionOptions } from '../common/ort-session.ts';
 import type {
   DecodedImage,
   DecoderStage,
@@ -21,7 +20,7 @@ import type {
 import { concatRows, type HostTensor, tensor } from '../common/tensor.ts';
 import { torchRandn } from '../common/torch-randn.ts';
 import { LocalDecoder } from '../decoder/stage.ts';
-import { LocalDenoiser } from '../denoiser/stage.ts';
+import { type DenoiserOptions, LocalDenoiser } from '../denoiser/stage.ts';
 import { LocalTextEncoder } from '../text-encoder/stage.ts';
 import { binForSampleSize, classifyHeightWidthBin } from './resolution-bins.ts';
 
@@ -52,12 +51,13 @@ export function checkModelDir(modelDir: string): void {
 }
 
 /** The three stages in this process, from a pipeline checkpoint folder. */
-export async function loadLocalStages(modelDir: string, options: SessionOptions = {}): Promise<LocalStages> {
+export async function loadLocalStages(modelDir: string, options: DenoiserOptions = {}): Promise<LocalStages> {
   checkModelDir(modelDir);
   // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
-  const textEncoder = await LocalTextEncoder.load(modelDir, options);
+  const { device, cudaMode, ...session } = options;
+  const textEncoder = await LocalTextEncoder.load(modelDir, session);
   const denoiser = await LocalDenoiser.load(modelDir, options).catch(closingOnError([textEncoder]));
-  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), options).catch(closingOnError([textEncoder, denoiser]));
+  const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), session).catch(closingOnError([textEncoder, denoiser]));
   return {
     textEncoder,
     denoiser,
