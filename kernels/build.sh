@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${SANA_KERNELS_BUILD:-build/kernels}
-NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+NVCC=${NVCC:-$([ -x "$CUDA_HOME/bin/nvcc" ] && echo "$CUDA_HOME/bin/nvcc" || command -v nvcc)}
 NODE_API_INCLUDE=${NODE_API_INCLUDE:-node_modules/node-api-headers/include}
 ARCHS=${SANA_CUDA_ARCHS:-80 89 90}
 JOBS=${SANA_KERNELS_JOBS:-2}  # 1: one nvcc at a time
@@ -56,9 +57,8 @@ build_cuda() {
   g++ "${CXXFLAGS[@]}" -DSANA_CUDA_BUILD -I"$NODE_API_INCLUDE" -c kernels/addon/addon.cpp -o "$obj/addon.o"
   [ "$JOBS" = 1 ] || wait "$p1" || { cat "$obj/ptxas-forward.txt" >&2; exit 1; }
   wait "$p2" || { cat "$obj/ptxas-tests.txt" >&2; exit 1; }
-  local cudalib
-  cudalib=$(dirname "$(dirname "$NVCC")")/lib64
-  [ -d "$cudalib" ] || cudalib=$(dirname "$(dirname "$NVCC")")/lib
+  local cudalib=$CUDA_HOME/lib64
+  [ -f "$cudalib/libcudart_static.a" ] || cudalib=$(dirname "$(dirname "$(readlink -f "$NVCC")")")/lib64
   local host_objs=("$obj/reference.cpp.o" "$obj/dit_host.cpp.o")
   g++ -o "$dir/kernel-tests" "$obj/kernel_tests.o" "${host_objs[@]}" -L"$cudalib" -lcudart_static -ldl -lrt -lpthread
   g++ -shared -o "$dir/sana_kernels.node" "$obj/addon.o" "$obj/forward.o" "${host_objs[@]}" -L"$cudalib" -lcudart_static -ldl -lrt -lpthread

@@ -212,7 +212,7 @@ void launch(dim3 grid, dim3 block, const std::function<void()> &body) {
               if (s.fibers[t].bytes != bytes) deadlock("warp lanes meet at different collectives", dim3(bx, by, bz));
             for (unsigned t = lo; t < hi; t++)
               for (unsigned u = lo; u < hi; u++)
-                std::memcpy((char *)s.fibers[t].collect + (u - lo) * bytes, s.fibers[u].deposit, bytes);
+                if (bytes) std::memcpy((char *)s.fibers[t].collect + (u - lo) * bytes, s.fibers[u].deposit, bytes);
             for (unsigned t = lo; t < hi; t++) runnable[t] = true;
             progressed = true;
           }

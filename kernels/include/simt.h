@@ -201,6 +201,16 @@ SIMT_DEVICE void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t 
 #endif
 }
 
+/** Orders shared-memory writes of a warp's lanes before their reads by other lanes. */
+SIMT_DEVICE void syncwarp() {
+#if defined(__CUDACC__)
+  __syncwarp();
+#else
+  char none;
+  warp_exchange(&none, nullptr, 0);
+#endif
+}
+
 // ---- block reductions (blockDim.x a multiple of 32, ≤ 1024) ----
 SIMT_DEVICE float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);

@@ -428,7 +428,8 @@ __global__ void __launch_bounds__(kBlockThreads) cross_attention(const float *__
     probs[warp][l] = e;
     sum += e;
   }
-  sum = simt::warp_sum(sum);  // also the point where every lane's probs are visible to the warp
+  sum = simt::warp_sum(sum);
+  simt::syncwarp();  // every lane's probabilities, written above, are read by all lanes below
   const float inv = 1.f / sum;
   for (int j = lane; j < headDim; j += 32) {
     float o = 0.f;

@@ -250,6 +250,14 @@ void testPatchRoundTrip() {
 }  // namespace
 
 int main() {
+#if defined(__CUDACC__)
+  int devices = 0;
+  const cudaError_t e = cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "kernel tests: no usable CUDA device: %s\n", e != cudaSuccess ? cudaGetErrorString(e) : "none visible");
+    return 2;
+  }
+#endif
   std::printf("kernel tests on %s\n", simt::kEmulated ? "the SIMT emulation (g++)" : "a CUDA device");
   testNormModulate();
   testGemm();
