@@ -203,7 +203,6 @@ class Forward {
 
     for (int i = 0; i < c.num_layers; i++) {
       const DeviceBlock &blk = dit_.blocks[i];
-      const std::string key = "transformer_blocks." + std::to_string(i) + ".";
       float *m = mod.as<float>();
       SIMT_LAUNCH(modulation_table, ceilDiv(B * 6 * D, 256), 256, s_, blk.scaleShiftTable.as<float>(), t6.as<float>(), B, 6, D, 6 * D, D, m);
       // 1. x += gate_msa · out(LinearAttention(norm1(x)))
@@ -253,7 +252,6 @@ class Forward {
                   actF.out(int8), actF.scratch.as<float>());
       checkLaunch("dwconv_glu_emit");
       gemm<Epi::GateResidual>(actF, blk.point, M, residual(blk.point, x, D, m + 5 * D, 6 * D, N));
-      (void)key;
     }
 
     // final: norm_out modulated by (table + tEmb), proj_out, unpatchify
