@@ -100,7 +100,14 @@ const repeats = Number(args.repeats);
 const vaeFactor = 32; // DC-AE F32: one latent pixel per 32 image pixels
 for (const mode of CUDA_MODES) {
   const loadStart = performance.now();
-  const dit = CudaLinearDit.fromTensors(config, randomWeights(config), { mode, addon: args.addon });
+  let dit: CudaLinearDit;
+  try {
+    dit = CudaLinearDit.fromTensors(config, randomWeights(config), { mode, addon: args.addon });
+  } catch (e) {
+    timing.push({ engine: `kernels-${mode}`, preset: args.preset, error: (e as Error).message });
+    process.exitCode = 1;
+    continue;
+  }
   const loadSeconds = (performance.now() - loadStart) / 1000;
   try {
     for (const px of args.sizes!.split(',').map(Number)) {
@@ -138,5 +145,7 @@ for (const p of parity) {
   console.log(`  ${String(p.variant).padEnd(24)} ${String(p.mode).padEnd(5)} ${row}`);
 }
 console.log(`timing (${args.preset}, batch ${batch}, caption ${captionLength}, median of ${repeats})`);
-for (const t of timing) console.log(`  ${String(t.engine).padEnd(14)} ${String(t.px).padStart(5)} px  ${(t.medianMs as number).toFixed(2).padStart(10)} ms`);
+for (const t of timing) {
+  console.log(`  ${String(t.engine).padEnd(14)} ${t.error ? `failed: ${t.error}` : `${String(t.px).padStart(5)} px  ${(t.medianMs as number).toFixed(2).padStart(10)} ms`}`);
+}
 if (parity.some((p) => p.pass === false)) process.exitCode = 1;

@@ -37,7 +37,7 @@ prepare() {
     --outfile="$CARRY/check.mjs"
   if [ ! -f "$CARRY/node.xz" ] || [ "$(command -v node)" -nt "$CARRY/node.xz" ]; then
     step "compressing $(command -v node) ($(node -v))"
-    xz -T2 -6 -c "$(command -v node)" > "$CARRY/node.xz.tmp" && mv "$CARRY/node.xz.tmp" "$CARRY/node.xz"
+    xz -T1 -6 -c "$(command -v node)" > "$CARRY/node.xz.tmp" && mv "$CARRY/node.xz.tmp" "$CARRY/node.xz"
   fi
   du -sh "$CARRY"/* | sed 's/^/  /'
 }
@@ -67,11 +67,11 @@ if [ $MODE = device ]; then
   export SANA_CUDA_ARCHS=${SANA_CUDA_ARCHS:-${cap:-90}}
   step "building the CUDA addon for sm_$SANA_CUDA_ARCHS"
   bash kernels/build.sh --cuda-only > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-  BUILD=$ROOT/build/kernels/cuda
+  BUILD=$ROOT/${SANA_KERNELS_BUILD:-build/kernels}/cuda
   cp "$BUILD/ptxas-report.txt" "$OUT/"
   PRESET=sana-600m-1024 SIZES=512,1024,2048,4096 CAPTION=300 REPEATS=5
 else
-  BUILD=$ROOT/build/kernels/emu
+  BUILD=$ROOT/${SANA_KERNELS_BUILD:-build/kernels}/emu
   if [ "${SANA_KERNELS_PREBUILT:-0}" = 1 ] && [ -f "$BUILD/sana_kernels.node" ]; then
     step "using the emulation build in $BUILD"
   else
