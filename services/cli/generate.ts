@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { type Command, Option } from 'commander';
+import { DEVICES, type Device } from '../denoiser/device.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
@@ -34,6 +35,7 @@ export interface GenerateOptions {
   out?: string;
   threads?: string;
   precision: Precision;
+  device: Device;
   server?: string;
   token?: string;
   tiling: boolean;
@@ -194,7 +196,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
   const loadStart = performance.now();
   // loaded on demand: `sana generate --server` and `sana serve gateway` never load ONNX Runtime, the tokenizer or sharp
   const { loadLocalStages } = await import('./local-stages.ts');
-  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), tiling: tilingFromFlags(opts), precision: opts.precision });
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), tiling: tilingFromFlags(opts), precision: opts.precision, device: opts.device });
   const run: Runner = (args, ctx) => generate(stages, args, ctx);
   run.close = () => stages.close();
   return { run, loadSeconds: (performance.now() - loadStart) / 1000 };
@@ -208,6 +210,7 @@ function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; lo
     throw new InvalidArgumentError('tiling', 'the server at --server decodes with its own tiling (sana serve --tile-size); leave out the tiling flags');
   }
   if (opts.precision !== 'fp32') throw new InvalidArgumentError('precision', 'the server at --server sets its own precision; leave out --precision');
+  if (opts.device !== 'cpu') throw new InvalidArgumentError('device', 'the server at --server chooses its own device; leave out --device');
   const token = opts.token ?? process.env.SANA_AUTH_TOKEN;
   return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
 }
@@ -228,6 +231,7 @@ export function addGenerateOptions(command: Command): Command {
     .option('--no-chi', 'turn off the complex human instruction prefix')
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
     .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').choices([...PRECISIONS]).default('fp32'))
+    .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused INT8 kernels)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
     .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)');
 }

@@ -8,7 +8,7 @@ import type { PrecisionOptions } from '../common/int8-recipe.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import type { PipelineStages } from '../common/pipeline.ts';
 import { LocalDecoder, type LocalDecoderOptions } from '../decoder/stage.ts';
-import { LocalDenoiser } from '../denoiser/stage.ts';
+import { LocalDenoiser, type LocalDenoiserOptions } from '../denoiser/stage.ts';
 import { LocalTextEncoder } from '../text-encoder/stage.ts';
 
 export interface LocalStages extends PipelineStages {
@@ -32,12 +32,12 @@ export function checkModelDir(modelDir: string): void {
 }
 
 /** The three stages in this process, from a pipeline checkpoint folder. */
-export async function loadLocalStages(modelDir: string, options: SessionOptions & PrecisionOptions & Pick<LocalDecoderOptions, 'tiling'> = {}): Promise<LocalStages> {
+export async function loadLocalStages(modelDir: string, options: SessionOptions & PrecisionOptions & Pick<LocalDecoderOptions, 'tiling'> & Pick<LocalDenoiserOptions, 'device'> = {}): Promise<LocalStages> {
   checkModelDir(modelDir);
-  const { tiling, precision, int8, ...session } = options;
+  const { tiling, precision, int8, device, ...session } = options;
   // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
   const textEncoder = await LocalTextEncoder.load(modelDir, { ...session, precision, int8 });
-  const denoiser = await LocalDenoiser.load(modelDir, { ...session, precision, int8 }).catch(closingOnError([textEncoder]));
+  const denoiser = await LocalDenoiser.load(modelDir, { ...session, precision, int8, device }).catch(closingOnError([textEncoder]));
   // the decoder runs fp32 (see int8-recipe.ts)
   const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling }).catch(closingOnError([textEncoder, denoiser]));
   return {

@@ -7,7 +7,7 @@ import { Gemma2Config, gemma2TensorShapes } from '../text-encoder/gemma2.ts';
 
 type Component = ComponentSpec['folder'];
 
-function transformer(overrides: Partial<LinearDitConfig> & Pick<LinearDitConfig, 'num_layers'>): ComponentSpec {
+export function transformer(overrides: Partial<LinearDitConfig> & Pick<LinearDitConfig, 'num_layers'>): ComponentSpec {
   const config = LinearDitConfig.parse({
     _class_name: 'SanaTransformer2DModel',
     in_channels: 32,

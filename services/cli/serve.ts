@@ -19,6 +19,7 @@ import { JobMetrics } from '../gateway/job-metrics.ts';
 import { JobQueue, type JobQueueOptions } from '../gateway/job-queue.ts';
 import { startJobWorker, type JobWorker } from '../gateway/job-worker.ts';
 import { addJobsService } from '../gateway/jobs-server.ts';
+import { DEVICES, type Device } from '../denoiser/device.ts';
 import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
 import { addGenerationService, connectInBackground } from '../gateway/server.ts';
 import { embeddingModelKey, KvEmbeddingCache } from '../text-encoder/shared-cache.ts';
@@ -66,6 +67,8 @@ export interface ServeConfig {
   batchWaitMs?: number;
   /** arithmetic of the text encoder and denoiser (the decoder runs fp32); default fp32 */
   precision?: Precision;
+  /** the denoiser's transformer engine: cpu (ONNX Runtime) or cuda (the kernels/ addon) */
+  device?: Device;
   shutdownGraceSeconds: number;
   /** NATS server URL(s): the Jobs API on the gateway, the workers, the shared embedding cache; none without it */
   nats?: string;
@@ -136,7 +139,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
     role === 'text-encoder'
       ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, { ...session, ...precision, sharedCache: shared.sharedCache }), warmUpTextEncoder)
       : role === 'denoiser'
-        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, ...precision, batching }), warmUpDenoiser)
+        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, ...precision, batching, device: config.device }), warmUpDenoiser)
         : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling: config.tiling }), warmUpDecoder);
   // closing while the model still loads waits for it, so its ONNX Runtime workers do not outlive the service
   return { service, ready, closeModel: async () => (await loading?.catch(() => undefined))?.close?.() };
@@ -339,6 +342,7 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
     row('threads', stages.map((s) => `${s} ${stageThreads(s, settings, config.role === 'all')}`).join(', ') + ' (spinning off)');
     row('precision', `${config.precision ?? 'fp32'}${config.role === 'decoder' || config.role === 'all' ? ' (decoder fp32)' : ''}`);
   }
+  if (config.role === 'denoiser' || config.role === 'all') row('device', config.device ?? 'cpu');
   if (config.role === 'all' || config.role === 'denoiser') {
     const rows = config.batchRows ?? DEFAULT_BATCH_ROWS;
     row('batching', rows > 0 ? `step-level, ≤ ${rows} rows per forward, max wait ${config.batchWaitMs ?? 0} ms` : 'off');
@@ -385,6 +389,7 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--batch-rows <n>', `denoiser: rows per step-level batched forward (a guided image is 2; 0: batching off)`).env('SANA_BATCH_ROWS').argParser(nonNegativeInt).default(DEFAULT_BATCH_ROWS))
     .addOption(new Option('--batch-wait-ms <n>', 'denoiser: milliseconds an idle batcher waits for more requests before its first forward').env('SANA_BATCH_WAIT_MS').argParser(nonNegativeInt).default(0))
     .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').env('SANA_PRECISION').choices([...PRECISIONS]).default('fp32'))
+    .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused INT8 kernels)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
     .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
     .addOption(new Option('--nats <url>', 'NATS server(s), e.g. nats://nats:4222: Jobs API (gateway), job pulling (worker), shared embedding cache (text-encoder)').env('SANA_NATS'))
     .addOption(new Option('--job-concurrency <n>', 'worker: jobs run at once').env('SANA_JOB_CONCURRENCY').argParser(positiveInt).default(1))
@@ -398,7 +403,7 @@ export function registerServe(program: Command): void {
       textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight?: number; maxQueue: number;
       authToken?: string; threads?: number; textEncoderThreads?: number; denoiserThreads?: number; decoderThreads?: number;
       batchRows: number; batchWaitMs: number; shutdownGrace: number; tiling: boolean; tileSize?: number; tileOverlap?: number;
-      precision: Precision;
+      precision: Precision; device: Device;
       nats?: string; jobConcurrency: number; jobAckWait?: number; jobMaxDeliver?: number; jobResultTtl?: number;
       sharedCacheTtl?: number; sharedCacheMb?: number;
     }) => {
@@ -422,6 +427,7 @@ export function registerServe(program: Command): void {
         batchRows: opts.batchRows,
         batchWaitMs: opts.batchWaitMs,
         precision: opts.precision,
+        device: opts.device,
         shutdownGraceSeconds: opts.shutdownGrace,
         nats: opts.nats,
         jobs: { ackWaitSeconds: opts.jobAckWait, maxDeliver: opts.jobMaxDeliver, resultTtlSeconds: opts.jobResultTtl },

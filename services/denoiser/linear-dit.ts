@@ -520,6 +520,38 @@ async function calibrateSmoothing(c: LinearDitConfig, ckpt: Checkpoint, out: str
   return factors;
 }
 
+/** Shape, dtype and finiteness checks of one forward's inputs (INVALID_ARGUMENT naming the field). */
+export function validateDitInputs(c: LinearDitConfig, inputs: DitInputs): void {
+  const { p } = ditDims(c);
+  const hs = inputs.hiddenStates.dims;
+  if (hs.length !== 4 || hs[1] !== c.in_channels) {
+    throw new InvalidArgumentError('hidden_states', `shape [${hs}] must be [B, ${c.in_channels}, H, W]`);
+  }
+  const [b, , h, w] = hs;
+  if (b < 1 || h < 1 || w < 1 || h % p !== 0 || w % p !== 0) {
+    throw new InvalidArgumentError('hidden_states', `H and W must be positive multiples of patch_size ${p}, got ${h}×${w}`);
+  }
+  const e = inputs.encoderHiddenStates.dims;
+  if (e.length !== 3 || e[0] !== b || e[2] !== c.caption_channels || e[1] < 1) {
+    throw new InvalidArgumentError('encoder_hidden_states', `shape [${e}] must be [${b}, L, ${c.caption_channels}]`);
+  }
+  const m = inputs.encoderAttentionMask.dims;
+  if (m.length !== 2 || m[0] !== b || m[1] !== e[1]) {
+    throw new InvalidArgumentError('encoder_attention_mask', `shape [${m}] must be [${b}, ${e[1]}]`);
+  }
+  if (inputs.timestep.dims.length !== 1 || inputs.timestep.dims[0] !== b) {
+    throw new InvalidArgumentError('timestep', `shape [${inputs.timestep.dims}] must be [${b}]`);
+  }
+  for (const [field, t] of [
+    ['hidden_states', inputs.hiddenStates],
+    ['encoder_hidden_states', inputs.encoderHiddenStates],
+    ['timestep', inputs.timestep],
+  ] as const) {
+    const bad = firstNonFinite(t.data);
+    if (bad >= 0) throw new InvalidArgumentError(field, `holds a non-finite value (${t.data[bad]}) at flat index ${bad}`);
+  }
+}
+
 /**
  * Rows (batch × tokens) one ONNX Runtime run takes at most, as whole samples: MLAS's GEMM streams its left operand
  * once per column panel, and beyond about 4096 rows of 1152 channels that operand no longer stays in cache.
@@ -560,35 +592,7 @@ export class LinearDit {
   }
 
   validate(inputs: DitInputs): void {
-    const c = this.config;
-    const { p } = ditDims(c);
-    const hs = inputs.hiddenStates.dims;
-    if (hs.length !== 4 || hs[1] !== c.in_channels) {
-      throw new InvalidArgumentError('hidden_states', `shape [${hs}] must be [B, ${c.in_channels}, H, W]`);
-    }
-    const [b, , h, w] = hs;
-    if (b < 1 || h < 1 || w < 1 || h % p !== 0 || w % p !== 0) {
-      throw new InvalidArgumentError('hidden_states', `H and W must be positive multiples of patch_size ${p}, got ${h}×${w}`);
-    }
-    const e = inputs.encoderHiddenStates.dims;
-    if (e.length !== 3 || e[0] !== b || e[2] !== c.caption_channels || e[1] < 1) {
-      throw new InvalidArgumentError('encoder_hidden_states', `shape [${e}] must be [${b}, L, ${c.caption_channels}]`);
-    }
-    const m = inputs.encoderAttentionMask.dims;
-    if (m.length !== 2 || m[0] !== b || m[1] !== e[1]) {
-      throw new InvalidArgumentError('encoder_attention_mask', `shape [${m}] must be [${b}, ${e[1]}]`);
-    }
-    if (inputs.timestep.dims.length !== 1 || inputs.timestep.dims[0] !== b) {
-      throw new InvalidArgumentError('timestep', `shape [${inputs.timestep.dims}] must be [${b}]`);
-    }
-    for (const [field, t] of [
-      ['hidden_states', inputs.hiddenStates],
-      ['encoder_hidden_states', inputs.encoderHiddenStates],
-      ['timestep', inputs.timestep],
-    ] as const) {
-      const bad = firstNonFinite(t.data);
-      if (bad >= 0) throw new InvalidArgumentError(field, `holds a non-finite value (${t.data[bad]}) at flat index ${bad}`);
-    }
+    validateDitInputs(this.config, inputs);
   }
 
   private posEmbed(h: number, w: number): HostTensor<Float32Array> {

@@ -9,11 +9,26 @@ import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage, Forwa
 import { firstNonFinite, type HostTensor } from '../common/tensor.ts';
 import { ConfigError } from '../common/config.ts';
 import { type FlowDpmSolverSettings, loadSchedulerSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
-import { LinearDit } from './linear-dit.ts';
+import { CudaLinearDit, type CudaMode } from './cuda-backend.ts';
+import type { Device } from './device.ts';
+import { type DitInputs, LinearDit, type LinearDitConfig } from './linear-dit.ts';
 import { type BatchingOptions, DenoiseJob, StepBatcher } from './step-batcher.ts';
+
+/** What the stage needs of a transformer engine: ONNX Runtime on the CPU (LinearDit) or the CUDA kernels. */
+export interface DitEngine {
+  readonly config: LinearDitConfig;
+  /** as GetInfo reports it */
+  readonly precision: string;
+  forward(inputs: DitInputs): Promise<HostTensor<Float32Array>>;
+  close(): Promise<void>;
+}
 
 export interface LocalDenoiserOptions extends SessionOptions, PrecisionOptions {
   batching?: BatchingOptions;
+  /** cpu: ONNX Runtime (default); cuda: the kernels/ addon */
+  device?: Device;
+  /** the CUDA backend's arithmetic: int8 (W8A8, default) or bf16 (its accuracy reference) */
+  cudaMode?: CudaMode;
 }
 
 export class LocalDenoiser implements DenoiserStage {
@@ -22,7 +37,7 @@ export class LocalDenoiser implements DenoiserStage {
   private readonly soloStats: ForwardStats = { forwards: 0, rows: 0, largest: 0 };
 
   private constructor(
-    readonly transformer: LinearDit,
+    readonly transformer: DitEngine,
     readonly schedulerSettings: FlowDpmSolverSettings,
     batching: BatchingOptions | undefined,
   ) {
@@ -31,14 +46,15 @@ export class LocalDenoiser implements DenoiserStage {
 
   /** Loads `<modelDir>/transformer` and `<modelDir>/scheduler`; `batching` turns on step-level batching. */
   static async load(modelDir: string, options: LocalDenoiserOptions = {}): Promise<LocalDenoiser> {
-    const { batching, ...session } = options;
     const schedulerDir = path.join(modelDir, 'scheduler');
     const settings = loadSchedulerSettings(schedulerDir);
     if (settings.algorithm.startsWith('sde-')) {
       // the SDE solvers draw fresh noise every step from the pipeline's generator, which lives in the gateway
       throw new ConfigError(schedulerConfigFile(schedulerDir), `key "algorithm_type" = "${settings.algorithm}" is not supported by the serving pipeline (stochastic)`);
     }
-    const transformer = await LinearDit.load(path.join(modelDir, 'transformer'), session);
+    const { batching, device = 'cpu', cudaMode, ...session } = options;
+    const transformerDir = path.join(modelDir, 'transformer');
+    const transformer = device === 'cuda' ? await CudaLinearDit.load(transformerDir, { mode: cudaMode }) : await LinearDit.load(transformerDir, session);
     return new LocalDenoiser(transformer, settings, batching);
   }
 

@@ -13,7 +13,8 @@ import type { DenoiseContext, DenoiseRequest, ForwardStats } from '../common/sta
 import { concatRows, type HostTensor, tensor } from '../common/tensor.ts';
 import { FlowDpmSolver, type FlowDpmSolverSettings } from './flow-dpm-solver.ts';
 import { applyGuidance, firstChannels } from './guidance.ts';
-import type { DitInputs, LinearDit } from './linear-dit.ts';
+import type { DitInputs } from './linear-dit.ts';
+import type { DitEngine } from './stage.ts';
 
 export interface BatchingOptions {
   /** most transformer rows one batched forward takes (a guided image counts 2); a larger request runs alone */
@@ -40,7 +41,7 @@ export class DenoiseJob {
   constructor(
     readonly request: DenoiseRequest,
     settings: FlowDpmSolverSettings,
-    private readonly transformer: LinearDit,
+    private readonly transformer: DitEngine,
     readonly ctx: DenoiseContext,
   ) {
     const c = transformer.config;
@@ -126,7 +127,7 @@ export class StepBatcher {
   private largestRows = 0;
 
   constructor(
-    private readonly transformer: LinearDit,
+    private readonly transformer: DitEngine,
     readonly options: BatchingOptions,
   ) {
     if (!Number.isSafeInteger(options.maxRows) || options.maxRows < 1) throw new Error(`maxRows must be a positive integer, got ${options.maxRows}`);

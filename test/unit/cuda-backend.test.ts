@@ -1,0 +1,161 @@
+// The denoiser's CUDA backend through the SIMT emulation build of kernels/ (build/kernels/emu, npm run
+// kernels:build): the whole forward against the ONNX Runtime fp32 engine on the golden tiny transformer, against the
+// plain C++ reference with the same rounding, and the denoiser stage wired with device 'cuda'.
+import fs from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, test } from 'vitest';
+import { ConfigError } from '../../services/common/config.ts';
+import { InvalidArgumentError } from '../../services/common/errors.ts';
+import { writeComponent } from '../../services/common/random-checkpoint.ts';
+import { tensor } from '../../services/common/tensor.ts';
+import { writeRandomCheckpoint } from '../../services/cli/checkpoint.ts';
+import { PRESETS, transformer } from '../../services/cli/presets.ts';
+import { CudaLinearDit, CudaUnavailableError, DEFAULT_CUDA_ADDON, EMULATION_ADDON, PARITY_LIMITS } from '../../services/denoiser/cuda-backend.ts';
+import { type DitInputs, LinearDit } from '../../services/denoiser/linear-dit.ts';
+import { LocalDenoiser } from '../../services/denoiser/stage.ts';
+import { Golden, maxRelErr } from '../parity/golden.ts';
+import { tempDir } from '../helpers/tmp.ts';
+
+const root = tempDir('cuda-backend');
+process.env.SANA_CACHE_DIR = path.join(root, 'cache');
+
+const INT8_LIMIT = PARITY_LIMITS.int8;
+const BF16_LIMIT = PARITY_LIMITS.bf16;
+// int8 kernels against the C++ reference with the same quantization: the int32 products are exact, only the fp32
+// summation order of norms and attention differs. (Not checked for bf16: there a last-bit fp32 difference flips a
+// bf16 rounding, a 2^-9 step, so that comparison is no tighter than the one against fp32.)
+const INT8_SAME_ROUNDING_LIMIT = 1e-5;
+
+function goldenInputs(golden: Golden): DitInputs {
+  const t = (n: string) => `transformer.${n}`;
+  return {
+    hiddenStates: tensor(golden.f32(t('hidden_states')), golden.shape(t('hidden_states'))),
+    encoderHiddenStates: tensor(golden.f32(t('encoder_hidden_states')), golden.shape(t('encoder_hidden_states'))),
+    encoderAttentionMask: tensor(golden.i64(t('encoder_attention_mask')), golden.shape(t('encoder_attention_mask'))),
+    timestep: tensor(golden.f32(t('timestep')), golden.shape(t('timestep'))),
+  };
+}
+
+beforeAll(() => {
+  if (!fs.existsSync(EMULATION_ADDON)) throw new Error(`${EMULATION_ADDON} is missing: run npm run kernels:build first`);
+  process.env.SANA_CUDA_ADDON = EMULATION_ADDON;
+});
+
+describe('emulated CUDA forward vs the ONNX fp32 engine', () => {
+  const cases = [
+    { name: 'golden tiny-a', dir: path.resolve('test/fixtures/golden/tiny-a/transformer'), inputs: () => goldenInputs(new Golden(path.resolve('test/fixtures/golden/tiny-a'))) },
+    {
+      // patch 2, sin-cos position table, attention biases, affine norm2, 3 heads of 8 (padded Q tile, a part-filled
+      // K/V tile), 2 cross heads of 12, a 39-token caption with padding, stored in bf16
+      name: 'random p2 pos-embed bias affine bf16-stored',
+      dir: path.join(root, 'variant', 'transformer'),
+      inputs: (): DitInputs => {
+        const wave = (n: number, f: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * f));
+        return {
+          hiddenStates: tensor(wave(2 * 4 * 12 * 10, 0.37), [2, 4, 12, 10]),
+          encoderHiddenStates: tensor(wave(2 * 39 * 40, 0.11), [2, 39, 40]),
+          encoderAttentionMask: tensor(BigInt64Array.from({ length: 78 }, (_, i) => (i % 39 < 30 ? 1n : 0n)), [2, 39]),
+          timestep: tensor(Float32Array.from([999, 321.5]), [2]),
+        };
+      },
+    },
+  ];
+
+  beforeAll(() => {
+    const spec = transformer({
+      num_layers: 2, in_channels: 4, out_channels: 4, num_attention_heads: 3, attention_head_dim: 8,
+      num_cross_attention_heads: 2, cross_attention_head_dim: 12, cross_attention_dim: 24, caption_channels: 40,
+      patch_size: 2, interpolation_scale: 2, attention_bias: true, norm_elementwise_affine: true, sample_size: 12,
+    });
+    writeComponent(path.join(root, 'variant'), spec, { dtype: 'BF16', seed: 3 });
+  });
+
+  for (const c of cases) {
+    test(`${c.name}: bf16 and int8 modes`, async () => {
+      const inputs = c.inputs();
+      const onnx = await LinearDit.load(c.dir);
+      const ref = (await onnx.forward(inputs)).data;
+      await onnx.close();
+      for (const mode of ['bf16', 'int8'] as const) {
+        const dit = await CudaLinearDit.load(c.dir, { mode, keepHostCopy: true });
+        try {
+          const out = await dit.forward(inputs);
+          expect(out.dims).toEqual(inputs.hiddenStates.dims.map((d, i) => (i === 1 ? dit.config.out_channels ?? d : d)));
+          const sameRounding = (await dit.forwardReference(inputs, 'rounded')).data;
+          const unrounded = (await dit.forwardReference(inputs, 'fp32')).data;
+          // the C++ reference itself is the ONNX model in fp32
+          expect(maxRelErr(unrounded, ref)).toBeLessThan(1e-5);
+          if (mode === 'int8') expect(maxRelErr(out.data, sameRounding)).toBeLessThan(INT8_SAME_ROUNDING_LIMIT);
+          expect(maxRelErr(out.data, ref)).toBeLessThan(mode === 'int8' ? INT8_LIMIT : BF16_LIMIT);
+        } finally {
+          await dit.close();
+        }
+      }
+    });
+  }
+});
+
+describe('CUDA backend refusals', () => {
+  test('a caption longer than the 300 tokens the kernels keep in shared memory is INVALID_ARGUMENT', async () => {
+    const dit = await CudaLinearDit.load(path.resolve('test/fixtures/golden/tiny-a/transformer'));
+    try {
+      const inputs = goldenInputs(new Golden(path.resolve('test/fixtures/golden/tiny-a')));
+      const long: DitInputs = {
+        ...inputs,
+        encoderHiddenStates: tensor(new Float32Array(2 * 301 * 48), [2, 301, 48]),
+        encoderAttentionMask: tensor(new BigInt64Array(2 * 301).fill(1n), [2, 301]),
+      };
+      await expect(dit.forward(long)).rejects.toThrow(InvalidArgumentError);
+      await expect(dit.forward(long)).rejects.toThrow(/301 exceeds .* 300/);
+    } finally {
+      await dit.close();
+    }
+  });
+
+  test('qk_norm checkpoints are refused naming the key', async () => {
+    await expect(CudaLinearDit.load(path.resolve('test/fixtures/golden/tiny-posembed-qknorm/transformer'))).rejects.toThrow(ConfigError);
+  });
+
+  test('the CUDA build on a machine without a device refuses to start, naming the cause', async () => {
+    if (!fs.existsSync(DEFAULT_CUDA_ADDON)) throw new Error(`${DEFAULT_CUDA_ADDON} is missing: run npm run kernels:build first`);
+    if (fs.existsSync('/dev/nvidia0')) return; // a machine with a GPU: nothing to refuse
+    const load = CudaLinearDit.load(path.resolve('test/fixtures/golden/tiny-a/transformer'), { addon: DEFAULT_CUDA_ADDON });
+    await expect(load).rejects.toThrow(CudaUnavailableError);
+    await expect(CudaLinearDit.load(path.resolve('test/fixtures/golden/tiny-a/transformer'), { addon: DEFAULT_CUDA_ADDON })).rejects.toThrow(
+      /--device cuda: .*(CUDA driver|no CUDA|cudaError)/,
+    );
+  });
+});
+
+describe('denoiser stage with device cuda (emulation build)', () => {
+  test('denoises through the same stage code as the CPU engine', async () => {
+    const modelDir = path.join(root, 'pipeline');
+    writeRandomCheckpoint('tiny-transformer', modelDir);
+    fs.mkdirSync(path.join(modelDir, 'scheduler'));
+    fs.writeFileSync(path.join(modelDir, 'scheduler', 'scheduler_config.json'), JSON.stringify(PRESETS.tiny.scheduler));
+    const cpu = await LocalDenoiser.load(modelDir);
+    const cuda = await LocalDenoiser.load(modelDir, { device: 'cuda', cudaMode: 'bf16' });
+    try {
+      expect(cuda.info()).toEqual(cpu.info());
+      const wave = (n: number, f: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * f));
+      const req = {
+        latents: tensor(wave(8 * 8 * 8, 0.3), [1, 8, 8, 8]),
+        promptEmbeds: tensor(wave(7 * 48, 0.2), [1, 7, 48]),
+        promptMask: tensor(new BigInt64Array(7).fill(1n), [1, 7]),
+        negativeEmbeds: tensor(wave(7 * 48, 0.5), [1, 7, 48]),
+        negativeMask: tensor(BigInt64Array.from([1n, 1n, 1n, 0n, 0n, 0n, 0n]), [1, 7]),
+        guidanceScale: 4.5,
+        numInferenceSteps: 3,
+      };
+      const steps: number[] = [];
+      const ours = await cuda.denoise(req, { onStep: (s) => steps.push(s.step) });
+      const want = await cpu.denoise(req);
+      expect(steps).toEqual([0, 1, 2]);
+      // guidance u + g·(c − u) scales a per-forward error by up to 2g − 1
+      expect(maxRelErr(ours.data, want.data)).toBeLessThan((2 * req.guidanceScale - 1) * BF16_LIMIT);
+    } finally {
+      await cpu.close();
+      await cuda.close();
+    }
+  });
+});
