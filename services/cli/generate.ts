@@ -7,6 +7,7 @@ import { type Command, Option } from 'commander';
 import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
+import { channelCredentials } from '../common/tls.ts';
 import { generateRemote } from '../gateway/client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, loadLocalStages, validateGenerateArgs } from '../gateway/pipeline.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
@@ -32,6 +33,9 @@ interface GenerateOptions {
   threads?: string;
   server?: string;
   token?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 /** Parses a numeric flag strictly; the pipeline's validation then names the limit. */
@@ -168,7 +172,8 @@ function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; lo
   if (opts.model) throw new InvalidArgumentError('model', 'the server at --server uses its own model; leave out --model');
   if (opts.threads) throw new InvalidArgumentError('threads', 'the server at --server sets its own threads; leave out --threads');
   const token = opts.token ?? process.env.SANA_AUTH_TOKEN;
-  return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
+  const credentials = channelCredentials({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey });
+  return { run: (args, ctx) => generateRemote(address, args, ctx, { token, credentials }), loadSeconds: 0 };
 }
 
 export function registerGenerate(program: Command): void {
@@ -190,6 +195,9 @@ export function registerGenerate(program: Command): void {
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
     .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
+    .addOption(new Option('--tls-ca <file>', 'PEM CA that signed the server certificate: call --server over TLS').env('SANA_TLS_CA'))
+    .addOption(new Option('--tls-cert <file>', 'PEM client certificate for a server that requires mutual TLS (with --tls-key)').env('SANA_TLS_CERT'))
+    .addOption(new Option('--tls-key <file>', 'PEM private key of --tls-cert').env('SANA_TLS_KEY'))
     .requiredOption('--out <file>', 'output image path (several images: FILE-0.png, FILE-1.png, ...)')
     .action(runGenerate);
 }

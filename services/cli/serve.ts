@@ -5,9 +5,11 @@ import path from 'node:path';
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
 import type { Registry } from 'prom-client';
 import type { AdmissionLimits } from '../common/admission.ts';
+import { InvalidArgumentError } from '../common/errors.ts';
 import { ServiceHost } from '../common/grpc-server.ts';
 import { createLogger, type Logger } from '../common/logging.ts';
 import { createRegistry, startMetricsServer, type MetricsServer } from '../common/metrics.ts';
+import { channelCredentials, describeTls, serverCredentials, type TlsFiles } from '../common/tls.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import { bringUp, StageSlot } from '../common/stage-slot.ts';
 import type { DecoderStage, DenoiserStage, TextEncoderStage } from '../common/stages.ts';
@@ -52,6 +54,10 @@ export interface ServeConfig {
   authToken?: string;
   /** ONNX Runtime intra-op threads per session (default: all cores) */
   threads?: number;
+  /** certificates for TLS / mutual TLS on every gRPC port and the gateway's stage clients; none: plaintext */
+  tls?: TlsFiles;
+  /** false: ONNX Runtime returns tensor memory after each run instead of keeping its arena's high-water mark */
+  memoryArena?: boolean;
   shutdownGraceSeconds: number;
 }
 
@@ -74,8 +80,17 @@ interface Closable {
 async function startStage(role: StageRole, config: ServeConfig, host: string, port: number, shared: Shared, admission: AdmissionLimits) {
   if (!config.model) throw new Error(`sana serve ${config.role}: --model (or SANA_MODEL) is required`);
   const modelDir = config.model;
-  const service = new ServiceHost({ name: role, host, port, registry: shared.registry, logger: shared.logger?.child({ service: role }), admission, shutdownGraceSeconds: config.shutdownGraceSeconds });
-  const session: SessionOptions = config.threads ? { intraOpThreads: config.threads } : {};
+  const service = new ServiceHost({
+    name: role,
+    host,
+    port,
+    registry: shared.registry,
+    logger: shared.logger?.child({ service: role }),
+    admission,
+    shutdownGraceSeconds: config.shutdownGraceSeconds,
+    credentials: serverCredentials(config.tls ?? {}),
+  });
+  const session: SessionOptions = { ...(config.threads ? { intraOpThreads: config.threads } : {}), ...(config.memoryArena === false ? { memoryArena: false } : {}) };
   let loading: Promise<Closable> | undefined;
   const serve = async <S extends object>(
     what: string,
@@ -127,6 +142,12 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       closers.push(() => metrics!.close());
     }
     if (config.role === 'gateway' || config.role === 'all') {
+      // the gateway's stage clients: TLS when a CA is given, presenting the gateway's certificate (mutual TLS)
+      const { cert, key, ca } = config.tls ?? {};
+      if (config.role === 'all' && cert && !ca) {
+        throw new InvalidArgumentError('tls-ca', 'is required by `sana serve all` with --tls-cert: the gateway verifies its loopback stages with it');
+      }
+      const stageCredentials = channelCredentials(ca ? { ca, cert, key } : {});
       let stageAddresses = config.stages;
       let stagesReady: Promise<unknown> = Promise.resolve();
       if (config.role === 'all') {
@@ -153,8 +174,9 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
         logger: shared.logger?.child({ service: 'gateway' }),
         admission: limits,
         shutdownGraceSeconds: config.shutdownGraceSeconds,
+        credentials: serverCredentials(config.tls ?? {}),
       });
-      const stages = new RemoteStages(stageAddresses);
+      const stages = new RemoteStages(stageAddresses, stageCredentials);
       addGenerationService(gateway, stages, { authToken: config.authToken });
       await gateway.listen();
       hosts.unshift(gateway);
@@ -226,8 +248,11 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
     row('decoder at', config.stages.decoder.join(', '));
   }
   if (config.role === 'gateway' || config.role === 'all') row('auth', config.authToken ? 'bearer token required' : 'off');
+  row('tls', describeTls(config.tls ?? {}));
+  if (config.role === 'gateway' || config.role === 'all') row('tls to stages', config.tls?.ca ? `verified with ${config.tls.ca}${config.tls.cert ? ', client certificate presented' : ''}` : 'off (plaintext)');
   row('metrics', serving.metricsPort !== undefined ? `http://${config.metricsHost}:${serving.metricsPort}/metrics` : 'off');
   row('threads', config.threads ?? 'all cores');
+  row('memory arena', config.memoryArena === false ? 'off' : 'on');
   row('log level', process.env.SANA_LOG_LEVEL ?? 'info');
   row('shutdown grace', `${config.shutdownGraceSeconds} s`);
   return lines;
@@ -251,11 +276,17 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--max-queue <n>', 'requests waiting beyond those; more get RESOURCE_EXHAUSTED').env('SANA_MAX_QUEUE').argParser(nonNegativeInt).default(32))
     .addOption(new Option('--auth-token <token>', 'gateway: require "authorization: Bearer <token>" on Generate').env('SANA_AUTH_TOKEN'))
     .addOption(new Option('--threads <n>', 'ONNX Runtime threads per session (default: all cores)').env('SANA_THREADS').argParser(positiveInt))
+    .addOption(new Option('--tls-cert <file>', 'PEM certificate chain: serve TLS on every gRPC port (and, with --tls-ca, present it to the stages for mutual TLS)').env('SANA_TLS_CERT'))
+    .addOption(new Option('--tls-key <file>', 'PEM private key of --tls-cert').env('SANA_TLS_KEY'))
+    .addOption(new Option('--tls-client-ca <file>', 'PEM CA: require client certificates signed by it (mutual TLS)').env('SANA_TLS_CLIENT_CA'))
+    .addOption(new Option('--tls-ca <file>', 'gateway: PEM CA that signed the stages\' certificates; turns on TLS towards the stages').env('SANA_TLS_CA'))
+    .addOption(new Option('--memory-arena <on|off>', 'off: ONNX Runtime frees tensor memory after each run (RSS follows the live set) instead of keeping its high-water mark').env('SANA_MEMORY_ARENA').choices(['on', 'off']).default('on'))
     .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
     .action(async (role: Role, opts: {
       model?: string; host?: string; port?: number; metricsHost: string; metricsPort?: number; metrics: boolean;
       textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight: number; maxQueue: number;
-      authToken?: string; threads?: number; shutdownGrace: number;
+      authToken?: string; threads?: number; memoryArena: 'on' | 'off'; shutdownGrace: number;
+      tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsClientCa?: string;
     }) => {
       const defaultModel = role !== 'gateway' && !opts.model;
       const config: ServeConfig = {
@@ -271,6 +302,8 @@ export function registerServe(program: Command): void {
         maxQueue: opts.maxQueue,
         authToken: opts.authToken,
         threads: opts.threads,
+        memoryArena: opts.memoryArena === 'on',
+        tls: { cert: opts.tlsCert, key: opts.tlsKey, ca: opts.tlsCa, clientCa: opts.tlsClientCa },
         shutdownGraceSeconds: opts.shutdownGrace,
       };
       const serving = await startServe(config);
