@@ -3,6 +3,7 @@
 const stages: Record<string, () => Promise<{ run(argv: string[]): Promise<void> }>> = {
   decoder: () => import('./decoder.ts'),
   denoiser: () => import('./denoiser.ts'),
+  overload: () => import('./overload.ts'),
   serve: () => import('./serve.ts'),
   'text-encoder': () => import('./text-encoder.ts'),
 };

@@ -101,7 +101,7 @@ function optional<T>(rng: Rng, values: readonly T[]): T | undefined {
 }
 
 /** Mostly cheap requests that pass validation, each field replaced by a hostile value with some probability. */
-export function generateRequest(rng: Rng): GenerateRequest {
+function generateRequest(rng: Rng): GenerateRequest {
   const wild = rng.chance(0.7);
   const maybe = <T>(cheap: T | undefined, values: readonly T[]) => (wild && rng.chance(0.25) ? rng.pick(values) : cheap);
   return {

@@ -9,16 +9,16 @@ import { campaign, rssBackToBaseline } from '../fuzz/fuzz.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
 describe('fuzzing sana serve all', () => {
-  it('answers 400 hostile requests on every RPC precisely, without a crash or a leak', async () => {
+  it('answers 300 hostile requests on every RPC precisely, without a crash or a leak', async () => {
     const modelDir = path.join(tempDir('fuzz'), 'model');
     writeRandomCheckpoint('tiny', modelDir);
-    const result = await campaign(modelDir, { count: 400, seed: 20261202, concurrency: 16 });
+    const result = await campaign(modelDir, { count: 300, seed: 20261202, concurrency: 16 });
 
-    expect(result.outcomes).toHaveLength(400);
+    expect(result.outcomes).toHaveLength(300);
     expect(result.outcomes.filter((o) => o.failure).map((o) => `${o.rpc}: ${o.failure}`)).toEqual([]);
     expect(new Set(result.outcomes.map((o) => o.rpc))).toEqual(new Set(['Generate', 'Encode', 'Denoise', 'Decode', 'GetInfo', 'Health', 'raw frames']));
     // the storm was hostile: most requests were refused for a named field, and some got through
-    expect(result.outcomes.filter((o) => o.code === 'INVALID_ARGUMENT').length).toBeGreaterThan(100);
+    expect(result.outcomes.filter((o) => o.code === 'INVALID_ARGUMENT').length).toBeGreaterThan(75);
     expect(result.outcomes.filter((o) => o.code === 'OK').length).toBeGreaterThan(20);
     expect(result.crashed).toBeUndefined();
     expect(result.generateStillCorrect).toBe(true);
