@@ -593,6 +593,9 @@ export interface CampaignResult extends FuzzReport {
   /** the reference Generate after the storm gave byte-identical images */
   generateStillCorrect: boolean;
   limits: ServedProcess['limits'];
+  /** seconds from the end of the storm until no call was in flight (calls whose clients gave up finish their model
+   *  run first); undefined when calls were still in flight after IDLE_WAIT_MS */
+  idleSeconds: number | undefined;
 }
 
 /**
@@ -611,8 +614,8 @@ export function rssBackToBaseline(rss: CampaignResult['rss']): boolean {
   return rss.after - rss.cacheAfter <= RSS_BACK_TO_BASELINE * (rss.baseline - rss.cacheBaseline);
 }
 
-/** Milliseconds to wait after the storm for the calls still in flight. */
-const IDLE_WAIT_MS = 60_000;
+/** Milliseconds to wait after the storm for the calls still in flight: a call that takes longer is stuck. */
+export const IDLE_WAIT_MS = 120_000;
 
 /** Seconds the process gets after the storm to finish cancelled work and give memory back. */
 const SETTLE_MS = 2000;
@@ -635,7 +638,13 @@ export async function campaign(modelDir: string, options: FuzzOptions): Promise<
       clearInterval(sampler);
     }
     // calls whose client gave up may still be finishing a model run: wait until no call is in flight
-    for (let waited = 0; !target.exited && (await target.metric('sana_grpc_requests_in_flight')) > 0 && waited < IDLE_WAIT_MS; waited += 100) {
+    const stormEnd = performance.now();
+    let idleSeconds: number | undefined;
+    while (!target.exited && performance.now() - stormEnd < IDLE_WAIT_MS) {
+      if ((await target.metric('sana_grpc_requests_in_flight')) === 0) {
+        idleSeconds = (performance.now() - stormEnd) / 1000;
+        break;
+      }
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
@@ -648,7 +657,7 @@ export async function campaign(modelDir: string, options: FuzzOptions): Promise<
       again.code === grpc.status.OK &&
       again.images.length === before.images.length &&
       again.images.every((image, i) => Buffer.from(image.bytes).equals(Buffer.from(before.images[i].bytes)));
-    return { ...report, rss: { baseline, peak, after, cacheBaseline, cacheAfter }, crashed, generateStillCorrect, limits: target.limits };
+    return { ...report, rss: { baseline, peak, after, cacheBaseline, cacheAfter }, crashed, generateStillCorrect, limits: target.limits, idleSeconds };
   } finally {
     await target.stop();
   }

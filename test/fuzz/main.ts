@@ -3,7 +3,7 @@
 // and the checks after the storm; exits 1 when any answer fails the verdict.
 import { Command } from 'commander';
 import { cachedRandomCheckpoint } from '../../services/cli/checkpoint.ts';
-import { campaign, RSS_BACK_TO_BASELINE, rssBackToBaseline, summarize } from './fuzz.ts';
+import { campaign, IDLE_WAIT_MS, RSS_BACK_TO_BASELINE, rssBackToBaseline, summarize } from './fuzz.ts';
 
 const program = new Command('fuzz')
   .option('--count <n>', 'requests to send', '10000')
@@ -43,10 +43,11 @@ const { rss } = result;
 const rssBack = rssBackToBaseline(rss);
 console.log(`served process RSS: ${mib(rss.baseline)} before, ${mib(rss.peak)} peak, ${mib(rss.after)} after once idle (embedding cache ${mib(rss.cacheBaseline)} before, ${mib(rss.cacheAfter)} after)`);
 console.log(`RSS less the embedding cache: ${((rss.after - rss.cacheAfter) / (rss.baseline - rss.cacheBaseline)).toFixed(2)}× the baseline (${rssBack ? 'back' : 'NOT back'}; limit ${RSS_BACK_TO_BASELINE}×)`);
+console.log(`in flight after the storm: ${result.idleSeconds === undefined ? `calls still running after ${IDLE_WAIT_MS / 1000} s (STUCK)` : `idle after ${result.idleSeconds.toFixed(1)} s`}`);
 console.log(`crashes: ${result.crashed ? `1 (exited: ${result.crashed})` : 0}`);
 console.log(`reference Generate after the storm: ${result.generateStillCorrect ? 'byte-identical' : 'DIFFERENT OR FAILED'}`);
 const slowest = result.outcomes.map((o, i) => ({ ...o, index: i })).sort((a, b) => (b.seconds ?? 0) - (a.seconds ?? 0)).slice(0, 5);
 console.log(`slowest: ${slowest.map((o) => `case ${o.index} ${o.rpc} ${o.code} ${o.seconds?.toFixed(1)} s`).join('; ')}`);
 const failures = result.outcomes.map((o, i) => ({ ...o, index: i })).filter((o) => o.failure);
 for (const f of failures.slice(0, 20)) console.log(`  case ${f.index} (${f.rpc}): ${f.failure}`);
-process.exit(failures.length > 0 || result.crashed || !result.generateStillCorrect || !rssBack ? 1 : 0);
+process.exit(failures.length > 0 || result.crashed || !result.generateStillCorrect || !rssBack || result.idleSeconds === undefined ? 1 : 0);

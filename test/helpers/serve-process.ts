@@ -18,6 +18,8 @@ export interface ServedProcess {
   limits: { maxInFlight: number; maxQueue: number };
   /** JSON log lines the process wrote to stdout */
   logs: Record<string, unknown>[];
+  /** the process's Prometheus endpoint */
+  metricsUrl: string;
   /** the sum over all label sets of a metric on the process's Prometheus endpoint */
   metric(name: string): Promise<number>;
   /** resident set size of the process now, in bytes (Linux /proc) */
@@ -74,14 +76,15 @@ export async function startServeProcess(modelDir: string, flags: string[] = [], 
   };
   const gateway = service('gateway');
   const metricsUrl = /^\s+metrics\s+(http:\S+)/m.exec(stderr)?.[1];
+  if (!metricsUrl) throw new Error(`sana serve all did not print its metrics endpoint:\n${stderr}`);
   return {
     child,
     gateway: started[1],
     stages: { textEncoder: service('text-encoder').address, denoiser: service('denoiser').address, decoder: service('decoder').address },
     limits: { maxInFlight: gateway.maxInFlight, maxQueue: gateway.maxQueue },
     logs,
+    metricsUrl,
     metric: async (name) => {
-      if (!metricsUrl) throw new Error('sana serve all runs without a metrics endpoint');
       const text = await (await fetch(metricsUrl)).text();
       let sum = 0;
       for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))) sum += Number(m[1]);
