@@ -23,7 +23,7 @@ import { startServeProcess, type ServedProcess } from '../helpers/serve-process.
 // ---- seeded randomness ----
 
 /** A small seeded generator (mulberry32) with the draws the cases need. */
-export class Rng {
+class Rng {
   private state: number;
 
   constructor(seed: number) {
@@ -58,7 +58,7 @@ export class Rng {
 }
 
 /** The generator of case `index` in the run seeded with `seed`. */
-export function caseRng(seed: number, index: number): Rng {
+function caseRng(seed: number, index: number): Rng {
   return new Rng(Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(index + 1, 0xc2b2ae35));
 }
 
