@@ -5,6 +5,7 @@ const stages: Record<string, () => Promise<{ run(argv: string[]): Promise<void> 
   decoder: () => import('./decoder.ts'),
   denoiser: () => import('./denoiser.ts'),
   quality: () => import('./quality.ts'),
+  overload: () => import('./overload.ts'),
   serve: () => import('./serve.ts'),
   'text-encoder': () => import('./text-encoder.ts'),
 };

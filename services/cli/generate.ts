@@ -9,6 +9,7 @@ import { InvalidArgumentError } from '../common/errors.ts';
 import type { ImageFormat } from '../common/stages.ts';
 import { FORMATS, LIMITS } from '../common/limits.ts';
 import { type Precision, PRECISIONS } from '../common/int8-recipe.ts';
+import { channelCredentials } from '../common/grpc-tls.ts';
 import { generateRemote } from '../gateway/client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, validateGenerateArgs } from '../common/pipeline.ts';
 import { JobsClient } from '../gateway/jobs-client.ts';
@@ -43,6 +44,9 @@ export interface GenerateOptions {
   tileOverlap?: number;
   async?: boolean;
   key?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 /** Parses a numeric flag strictly; the pipeline's validation then names the limit. */
@@ -212,7 +216,8 @@ function remoteRunner(address: string, opts: GenerateOptions): { run: Runner; lo
   if (opts.precision !== 'fp32') throw new InvalidArgumentError('precision', 'the server at --server sets its own precision; leave out --precision');
   if (opts.device !== 'cpu') throw new InvalidArgumentError('device', 'the server at --server chooses its own device; leave out --device');
   const token = opts.token ?? process.env.SANA_AUTH_TOKEN;
-  return { run: (args, ctx) => generateRemote(address, args, ctx, { token }), loadSeconds: 0 };
+  const credentials = channelCredentials({ ca: opts.tlsCa, cert: opts.tlsCert, key: opts.tlsKey });
+  return { run: (args, ctx) => generateRemote(address, args, ctx, { token, credentials }), loadSeconds: 0 };
 }
 
 /** The flags that describe a generation (shared by `generate` and `jobs submit`). */
@@ -233,7 +238,10 @@ export function addGenerateOptions(command: Command): Command {
     .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').choices([...PRECISIONS]).default('fp32'))
     .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused INT8 kernels)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
-    .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)');
+    .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
+    .addOption(new Option('--tls-ca <file>', 'PEM CA that signed the server certificate: call --server over TLS').env('SANA_TLS_CA'))
+    .addOption(new Option('--tls-cert <file>', 'PEM client certificate for a server that requires mutual TLS (with --tls-key)').env('SANA_TLS_CERT'))
+    .addOption(new Option('--tls-key <file>', 'PEM private key of --tls-cert').env('SANA_TLS_KEY'));
 }
 
 export function registerGenerate(program: Command): void {

@@ -5,10 +5,12 @@ import path from 'node:path';
 import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
 import type { Registry } from 'prom-client';
 import type { AdmissionLimits } from '../common/admission.ts';
+import { InvalidArgumentError } from '../common/errors.ts';
 import { ServiceHost } from '../common/grpc-server.ts';
 import { type Precision, PRECISIONS } from '../common/int8-recipe.ts';
 import { createLogger, type Logger } from '../common/logging.ts';
 import { createRegistry, startMetricsServer, type MetricsServer } from '../common/metrics.ts';
+import { channelCredentials, describeTls, serverCredentials, type TlsFiles } from '../common/grpc-tls.ts';
 import type { SessionOptions } from '../common/ort-session.ts';
 import { bringUp, StageSlot } from '../common/stage-slot.ts';
 import { type BudgetSettings, gatewayInFlight, type StageName, stageBudget, stageThreads } from '../common/compute-budget.ts';
@@ -69,6 +71,10 @@ export interface ServeConfig {
   precision?: Precision;
   /** the denoiser's transformer engine: cpu (ONNX Runtime) or cuda (the kernels/ addon) */
   device?: Device;
+  /** certificates for TLS / mutual TLS on every gRPC port and the gateway's stage clients; none: plaintext */
+  tls?: TlsFiles;
+  /** false: ONNX Runtime returns tensor memory after each run instead of keeping its arena's high-water mark */
+  memoryArena?: boolean;
   shutdownGraceSeconds: number;
   /** NATS server URL(s): the Jobs API on the gateway, the workers, the shared embedding cache; none without it */
   nats?: string;
@@ -113,8 +119,17 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
     await import('./stage-services.ts');
   const budget = stageBudget(role, budgetSettings(config), config.role === 'all');
   const admission: AdmissionLimits = { maxInFlight: budget.maxInFlight, maxQueue: config.maxQueue };
-  const service = new ServiceHost({ name: role, host, port, registry: shared.registry, logger: shared.logger?.child({ service: role }), admission, shutdownGraceSeconds: config.shutdownGraceSeconds });
-  const session: SessionOptions = { intraOpThreads: budget.intraOpThreads, allowSpinning: false };
+  const service = new ServiceHost({
+    name: role,
+    host,
+    port,
+    registry: shared.registry,
+    logger: shared.logger?.child({ service: role }),
+    admission,
+    shutdownGraceSeconds: config.shutdownGraceSeconds,
+    credentials: serverCredentials(config.tls ?? {}),
+  });
+  const session: SessionOptions = { intraOpThreads: budget.intraOpThreads, allowSpinning: false, ...(config.memoryArena === false ? { memoryArena: false } : {}) };
   const precision = { precision: config.precision ?? 'fp32' } as const;
   const batchRows = config.batchRows ?? DEFAULT_BATCH_ROWS;
   const batching = batchRows > 0 ? { maxRows: batchRows, maxWaitMs: config.batchWaitMs ?? 0 } : undefined;
@@ -205,8 +220,14 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       });
       return started;
     };
+    // the stage clients (gateway, worker): TLS when a CA is given, presenting this process's certificate (mutual TLS)
+    const { cert, key, ca } = config.tls ?? {};
+    if (config.role === 'all' && cert && !ca) {
+      throw new InvalidArgumentError('tls-ca', 'is required by `sana serve all` with --tls-cert: the gateway verifies its loopback stages with it');
+    }
+    const stageCredentials = channelCredentials(ca ? { ca, cert, key } : {});
     if (config.role === 'worker') {
-      const stages = new RemoteStages(config.stages);
+      const stages = new RemoteStages(config.stages, stageCredentials);
       const giveUp = new AbortController();
       closers.push(() => stages.close());
       ready = startWorker(stages, connectStages(stages, log, giveUp.signal));
@@ -240,8 +261,9 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
         logger: shared.logger?.child({ service: 'gateway' }),
         admission: { maxInFlight: gatewayInFlight(budgetSettings(config), config.role === 'all'), maxQueue: config.maxQueue },
         shutdownGraceSeconds: config.shutdownGraceSeconds,
+        credentials: serverCredentials(config.tls ?? {}),
       });
-      const stages = new RemoteStages(stageAddresses);
+      const stages = new RemoteStages(stageAddresses, stageCredentials);
       addGenerationService(gateway, stages, { authToken: config.authToken });
       if (queue) addJobsService(gateway, stages, queue, { authToken: config.authToken, metrics: jobMetrics });
       await gateway.listen();
@@ -335,11 +357,14 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
   if (config.role === 'gateway' || config.role === 'all') row('auth', config.authToken ? 'bearer token required' : 'off');
   row('nats', config.nats ? `${config.nats} (${describeNatsUse(config.role)})` : 'off');
   if (config.nats && (config.role === 'worker' || config.role === 'all')) row('job concurrency', config.jobConcurrency ?? 1);
+  row('tls', describeTls(config.tls ?? {}));
+  if (config.role === 'gateway' || config.role === 'all' || config.role === 'worker') row('tls to stages', config.tls?.ca ? `verified with ${config.tls.ca}${config.tls.cert ? ', client certificate presented' : ''}` : 'off (plaintext)');
   row('metrics', serving.metricsPort !== undefined ? `http://${config.metricsHost}:${serving.metricsPort}/metrics` : 'off');
   if (config.role !== 'gateway' && config.role !== 'worker') {
     const settings = budgetSettings(config);
     const stages = config.role === 'all' ? (['text-encoder', 'denoiser', 'decoder'] as const) : [config.role];
     row('threads', stages.map((s) => `${s} ${stageThreads(s, settings, config.role === 'all')}`).join(', ') + ' (spinning off)');
+    row('memory arena', config.memoryArena === false ? 'off' : 'on');
     row('precision', `${config.precision ?? 'fp32'}${config.role === 'decoder' || config.role === 'all' ? ' (decoder fp32)' : ''}`);
   }
   if (config.role === 'denoiser' || config.role === 'all') row('device', config.device ?? 'cpu');
@@ -390,6 +415,11 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--batch-wait-ms <n>', 'denoiser: milliseconds an idle batcher waits for more requests before its first forward').env('SANA_BATCH_WAIT_MS').argParser(nonNegativeInt).default(0))
     .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').env('SANA_PRECISION').choices([...PRECISIONS]).default('fp32'))
     .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused INT8 kernels)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
+    .addOption(new Option('--tls-cert <file>', 'PEM certificate chain: serve TLS on every gRPC port (and, with --tls-ca, present it to the stages for mutual TLS)').env('SANA_TLS_CERT'))
+    .addOption(new Option('--tls-key <file>', 'PEM private key of --tls-cert').env('SANA_TLS_KEY'))
+    .addOption(new Option('--tls-client-ca <file>', 'PEM CA: require client certificates signed by it (mutual TLS)').env('SANA_TLS_CLIENT_CA'))
+    .addOption(new Option('--tls-ca <file>', 'gateway: PEM CA that signed the stages\' certificates; turns on TLS towards the stages').env('SANA_TLS_CA'))
+    .addOption(new Option('--memory-arena <on|off>', 'off: ONNX Runtime frees tensor memory after each run (RSS follows the live set) instead of keeping its high-water mark').env('SANA_MEMORY_ARENA').choices(['on', 'off']).default('on'))
     .addOption(new Option('--shutdown-grace <seconds>', 'on SIGTERM, seconds in-flight requests may finish').env('SANA_SHUTDOWN_GRACE_SECONDS').argParser(nonNegativeInt).default(30))
     .addOption(new Option('--nats <url>', 'NATS server(s), e.g. nats://nats:4222: Jobs API (gateway), job pulling (worker), shared embedding cache (text-encoder)').env('SANA_NATS'))
     .addOption(new Option('--job-concurrency <n>', 'worker: jobs run at once').env('SANA_JOB_CONCURRENCY').argParser(positiveInt).default(1))
@@ -406,6 +436,7 @@ export function registerServe(program: Command): void {
       precision: Precision; device: Device;
       nats?: string; jobConcurrency: number; jobAckWait?: number; jobMaxDeliver?: number; jobResultTtl?: number;
       sharedCacheTtl?: number; sharedCacheMb?: number;
+      memoryArena: 'on' | 'off'; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsClientCa?: string;
     }) => {
       if (role === 'worker' && !opts.nats) throw new CommanderArgumentError('sana serve worker needs --nats <url> (or SANA_NATS)');
       const defaultModel = role !== 'gateway' && role !== 'worker' && !opts.model;
@@ -428,6 +459,8 @@ export function registerServe(program: Command): void {
         batchWaitMs: opts.batchWaitMs,
         precision: opts.precision,
         device: opts.device,
+        memoryArena: opts.memoryArena === 'on',
+        tls: { cert: opts.tlsCert, key: opts.tlsKey, ca: opts.tlsCa, clientCa: opts.tlsClientCa },
         shutdownGraceSeconds: opts.shutdownGrace,
         nats: opts.nats,
         jobs: { ackWaitSeconds: opts.jobAckWait, maxDeliver: opts.jobMaxDeliver, resultTtlSeconds: opts.jobResultTtl },

@@ -10,8 +10,9 @@ import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import type { Registry } from 'prom-client';
+import { configureTextEncoding, getTextEncoding } from '@bufbuild/protobuf/wire';
 import { Admission, type AdmissionLimits } from './admission.ts';
-import { CancelledError } from './errors.ts';
+import { CancelledError, InvalidArgumentError } from './errors.ts';
 import { Status, statusName, toStatus } from './grpc-status.ts';
 import { createLogger, QUEUED_SECONDS_KEY, REQUEST_ID_KEY, type Logger } from './logging.ts';
 import { createRegistry, ServiceMetrics } from './metrics.ts';
@@ -33,6 +34,61 @@ export const SERVER_OPTIONS: grpc.ServerOptions = {
   'grpc.max_connection_age_ms': 5 * 60_000,
   'grpc.max_connection_age_grace_ms': 10 * 60_000,
 };
+
+// proto3 strings are UTF-8: a message with malformed UTF-8 in a string field fails to decode (INVALID_ARGUMENT)
+// instead of reaching the model with U+FFFD in it
+const textEncoding = getTextEncoding();
+configureTextEncoding({ ...textEncoding, decodeUtf8: (bytes) => textEncoding.decodeUtf8(bytes, true) });
+
+/** A request message that did not decode; the handler turns it into INVALID_ARGUMENT instead of grpc-js's INTERNAL. */
+class MalformedRequest {
+  constructor(
+    readonly type: string,
+    readonly reason: string,
+  ) {}
+}
+
+/** Throws INVALID_ARGUMENT for a request that did not decode. */
+function checkDecoded(message: unknown): void {
+  if (message instanceof MalformedRequest) {
+    throw new InvalidArgumentError('request', `is not a valid ${message.type} protobuf message (${message.reason})`);
+  }
+}
+
+/** The service definition with request decoders that return a MalformedRequest instead of throwing. */
+function tolerantDecoders(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  return Object.fromEntries(
+    Object.entries(definition).map(([name, method]) => {
+      const type = method.path.split('/').at(-1) + ' request';
+      const requestDeserialize = (bytes: Buffer) => {
+        try {
+          return method.requestDeserialize(bytes);
+        } catch (e) {
+          return new MalformedRequest(type, e instanceof Error ? e.message : String(e));
+        }
+      };
+      return [name, { ...method, requestDeserialize }];
+    }),
+  );
+}
+
+/** Handlers of unary and server-streaming calls that answer INVALID_ARGUMENT for a request that did not decode. */
+function refuseMalformed(implementation: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
+  return Object.fromEntries(
+    Object.entries(implementation).map(([name, handler]) => [
+      name,
+      (call: { request?: unknown; emit(event: 'error', status: unknown): void }, callback?: (status: unknown) => void) => {
+        try {
+          checkDecoded(call.request);
+        } catch (e) {
+          const status = toStatus(e);
+          return callback ? callback(status) : call.emit('error', status);
+        }
+        return (handler as (...args: unknown[]) => unknown)(call, callback);
+      },
+    ]),
+  );
+}
 
 let reflectionDefinition: protoLoader.PackageDefinition | undefined;
 
@@ -57,6 +113,8 @@ export interface ServiceHostOptions {
   admission: AdmissionLimits;
   /** seconds a graceful shutdown waits for in-flight calls */
   shutdownGraceSeconds?: number;
+  /** TLS or mutual TLS (see grpc-tls.ts); plaintext when absent */
+  credentials?: grpc.ServerCredentials;
 }
 
 /** What a call handler gets besides its request. */
@@ -89,6 +147,11 @@ export interface ResponseWriter<T> {
   push(message: T): void;
 }
 
+/** What a client sees of an internal error: no internals, only the id under which the server logged them. */
+export function internalErrorMessage(requestId: string): string {
+  return `internal error (request id ${requestId}); the server log has the details`;
+}
+
 type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>;
 
 export class ServiceHost {
@@ -109,7 +172,11 @@ export class ServiceHost {
     this.metrics = new ServiceMetrics(this.registry, options.name);
     this.log = options.logger ?? createLogger(options.name);
     this.admission = new Admission(options.admission, (depth) => this.metrics.queueDepth.set({ service: options.name }, depth));
-    this.health.addToServer(this.server);
+    // health comes with its own handlers: they get the same tolerant decoders, and refuse what did not decode
+    this.health.addToServer({
+      addService: (definition: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation) =>
+        this.server.addService(tolerantDecoders(definition), refuseMalformed(implementation)),
+    } as grpc.Server);
   }
 
   get port(): number {
@@ -124,7 +191,7 @@ export class ServiceHost {
 
   /** Adds a service (by its full proto name, e.g. sana.v1.Denoiser); health reports it NOT_SERVING until ready. */
   addService(fullName: string, definition: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation): void {
-    this.server.addService(definition, implementation);
+    this.server.addService(tolerantDecoders(definition), implementation);
     this.serviceNames.push(fullName);
     this.health.setStatus(fullName, 'NOT_SERVING');
   }
@@ -134,7 +201,7 @@ export class ServiceHost {
     const { host, port } = this.options;
     const bindHost = host.includes(':') ? `[${host}]` : host;
     this.boundPort = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(`${bindHost}:${port}`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+      this.server.bindAsync(`${bindHost}:${port}`, this.options.credentials ?? grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
     );
     return this.boundPort;
   }
@@ -226,7 +293,13 @@ export class ServiceHost {
       const status = toStatus(error);
       code = status.code;
       if (scope.signal.aborted && Date.now() >= scope.deadline) code = Status.DEADLINE_EXCEEDED;
-      if (code === Status.INTERNAL || code === Status.UNKNOWN) scope.log.error({ err: error }, 'call failed');
+      if (code === Status.INTERNAL || code === Status.UNKNOWN) {
+        // the details stay in the log; the client gets the request id to quote
+        scope.log.error({ err: error }, 'call failed');
+        status.code = Status.INTERNAL;
+        status.details = internalErrorMessage(scope.requestId);
+        status.metadata = undefined;
+      }
       if (!scope.signal.aborted) fail(status); // a cancelled call already has its status
     } finally {
       done();
@@ -249,6 +322,7 @@ export class ServiceHost {
         false,
         precheck && (() => precheck(call.request, call.metadata)),
         async (scope) => {
+          checkDecoded(call.request);
           response = await handler(call.request, scope);
         },
         (status) => callback(status as grpc.ServiceError),
@@ -271,7 +345,10 @@ export class ServiceHost {
         call as AnyCall,
         method,
         options.admit ?? true,
-        precheck && (() => precheck(call.request, call.metadata)),
+        () => {
+          checkDecoded(call.request);
+          precheck?.(call.request, call.metadata);
+        },
         async (scope) => {
           queued = scope.queuedSeconds;
           await handler(call.request, scope, responseWriter(call, scope.signal));
@@ -352,6 +429,7 @@ export class RequestReader<T> {
       };
       const onData = (message: T) => {
         try {
+          checkDecoded(message);
           onMessage(message);
         } catch (e) {
           cleanup();

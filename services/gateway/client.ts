@@ -34,6 +34,8 @@ const STAGE_NAMES: Partial<Record<Stage, 'encode' | 'denoise' | 'decode'>> = { [
 export interface RemoteOptions {
   /** sent as `authorization: Bearer <token>` */
   token?: string;
+  /** TLS or mutual TLS towards the gateway (grpc-tls.ts); plaintext when absent */
+  credentials?: grpc.ChannelCredentials;
 }
 
 /**
@@ -41,7 +43,7 @@ export interface RemoteOptions {
  * stage clients throw (InvalidArgumentError for INVALID_ARGUMENT, CancelledError, StatusError otherwise).
  */
 export async function generateRemote(address: string, args: GenerateArgs, ctx: Pick<GenerateContext, 'signal' | 'onStep' | 'onStage'> = {}, options: RemoteOptions = {}): Promise<GenerateResult> {
-  const client = new GenerationClient(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  const client = new GenerationClient(address, options.credentials ?? grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
   const metadata = new grpc.Metadata();
   if (options.token) metadata.set('authorization', `Bearer ${options.token}`);
   const images = new ImageAssembler(MAX_IMAGE_BYTES);

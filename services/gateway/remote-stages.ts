@@ -98,8 +98,8 @@ abstract class RemoteStage<C extends grpc.Client, I> {
 }
 
 export class RemoteTextEncoder extends RemoteStage<TextEncoderClient, TextEncoderInfo> implements TextEncoderStage {
-  constructor(addresses: string[]) {
-    const pool = new ClientPool('text-encoder', addresses, TextEncoderClient);
+  constructor(addresses: string[], credentials?: grpc.ChannelCredentials) {
+    const pool = new ClientPool('text-encoder', addresses, TextEncoderClient, credentials);
     super(pool, (c) => unaryCall(pool.stage, c.getInfo.bind(c), {}, INFO_DEADLINE_SECONDS));
   }
 
@@ -135,8 +135,8 @@ export class RemoteTextEncoder extends RemoteStage<TextEncoderClient, TextEncode
 }
 
 export class RemoteDenoiser extends RemoteStage<DenoiserClient, DenoiserInfo> implements DenoiserStage {
-  constructor(addresses: string[]) {
-    const pool = new ClientPool('denoiser', addresses, DenoiserClient);
+  constructor(addresses: string[], credentials?: grpc.ChannelCredentials) {
+    const pool = new ClientPool('denoiser', addresses, DenoiserClient, credentials);
     super(pool, (c) => unaryCall(pool.stage, c.getInfo.bind(c), {}, INFO_DEADLINE_SECONDS));
   }
 
@@ -191,8 +191,8 @@ function* denoiseMessages(request: StageDenoiseRequest, previewEvery: number): G
 }
 
 export class RemoteDecoder extends RemoteStage<DecoderClient, DecoderInfo> implements DecoderStage {
-  constructor(addresses: string[]) {
-    const pool = new ClientPool('decoder', addresses, DecoderClient);
+  constructor(addresses: string[], credentials?: grpc.ChannelCredentials) {
+    const pool = new ClientPool('decoder', addresses, DecoderClient, credentials);
     super(pool, (c) => unaryCall(pool.stage, c.getInfo.bind(c), {}, INFO_DEADLINE_SECONDS));
   }
 
@@ -235,10 +235,14 @@ export class RemoteStages {
   readonly denoiser: RemoteDenoiser;
   readonly decoder: RemoteDecoder;
 
-  constructor(readonly addresses: StageAddresses) {
-    this.textEncoder = new RemoteTextEncoder(addresses.textEncoder);
-    this.denoiser = new RemoteDenoiser(addresses.denoiser);
-    this.decoder = new RemoteDecoder(addresses.decoder);
+  /** `credentials`: TLS or mutual TLS towards the stages (grpc-tls.ts); plaintext when absent */
+  constructor(
+    readonly addresses: StageAddresses,
+    credentials?: grpc.ChannelCredentials,
+  ) {
+    this.textEncoder = new RemoteTextEncoder(addresses.textEncoder, credentials);
+    this.denoiser = new RemoteDenoiser(addresses.denoiser, credentials);
+    this.decoder = new RemoteDecoder(addresses.decoder, credentials);
   }
 
   private get all() {
