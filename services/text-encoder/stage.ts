@@ -155,17 +155,16 @@ export class LocalTextEncoder implements TextEncoderStage {
     const toEncode = shared ? shared.then((found) => todo.filter((_, i) => !found[i])) : Promise.resolve(todo);
     const encoded = toEncode.then(async (rest) => {
       const rows = new Map<string, CachedEmbedding>();
-      const batches = [];
-      for (let start = 0; start < rest.length; start += this.limits.maxBatch) batches.push(rest.slice(start, start + this.limits.maxBatch));
-      await Promise.all(
-        batches.map(async (chunk) => {
-          const out = await this.encodeRows(chunk.map((m) => m.text), chi, msl, ctx);
-          chunk.forEach((m, j) => {
-            rows.set(m.key, out[j]);
-            this.sharedCache?.set(m.key, out[j]);
-          });
-        }),
-      );
+      // one batch after another (the session runs them in turn anyway): a cancelled request stops at the next batch
+      // instead of leaving every batch queued on the session
+      for (let start = 0; start < rest.length; start += this.limits.maxBatch) {
+        const chunk = rest.slice(start, start + this.limits.maxBatch);
+        const out = await this.encodeRows(chunk.map((m) => m.text), chi, msl, ctx);
+        chunk.forEach((m, j) => {
+          rows.set(m.key, out[j]);
+          this.sharedCache?.set(m.key, out[j]);
+        });
+      }
       return rows;
     });
     todo.forEach((m, j) => {

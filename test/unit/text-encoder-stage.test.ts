@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, afterAll, describe, expect, test } from 'vitest';
 import { ConfigError } from '../../services/common/config.ts';
-import { InvalidArgumentError } from '../../services/common/errors.ts';
+import { CancelledError, InvalidArgumentError } from '../../services/common/errors.ts';
 import { Checkpoint, CheckpointError, writeSafetensors } from '../../services/common/safetensors.ts';
 import { tensor } from '../../services/common/tensor.ts';
 import { writeRandomCheckpoint } from '../../services/cli/checkpoint.ts';
@@ -213,6 +213,29 @@ describe('LocalTextEncoder', () => {
     expect(out.embeds.dims).toEqual([1, 16, 48]);
     expect(Array.from(out.mask.data, Number)).toEqual(new Array(16).fill(1));
     expect(out.embeds.data.every(Number.isFinite)).toBe(true);
+  });
+});
+
+describe('cancelling an encode of several batches', () => {
+  test('stops at the next batch: later batches never reach the session', async () => {
+    const abort = new AbortController();
+    const stored: string[] = [];
+    // a second cache level that keeps what each finished batch stores, and cancels the request after the first
+    const secondLevel = {
+      get: async () => undefined,
+      set: (key: string) => {
+        stored.push(key);
+        abort.abort();
+      },
+    };
+    const stage = await LocalTextEncoder.load(tiny, { maxBatch: 1, sharedCache: secondLevel });
+    try {
+      const request = { prompts: ['one', 'two', 'three'], useComplexHumanInstruction: false, maxSequenceLength: 8 };
+      await expect(stage.encode(request, { signal: abort.signal })).rejects.toBeInstanceOf(CancelledError);
+      expect(stored).toHaveLength(1);
+    } finally {
+      await stage.close();
+    }
   });
 });
 
