@@ -14,6 +14,7 @@ import { callGenerate } from '../../test/helpers/grpc.ts';
 import { closedPort } from '../../test/helpers/ports.ts';
 import { tempDir } from '../../test/helpers/tmp.ts';
 import { NAMESPACE, ROOT } from './chart.ts';
+import { loopbackServeConfig } from '../../test/helpers/serve-config.ts';
 
 const ALERTS_FILE = path.join(ROOT, 'deploy/prometheus/alerts.yaml');
 const DASHBOARD_DIR = path.join(ROOT, 'deploy/grafana');
@@ -92,18 +93,7 @@ const query = (expr: string) => promApi<{ resultType: string; result: Sample[] }
 beforeAll(async () => {
   const modelDir = path.join(work, 'model');
   writeRandomCheckpoint('tiny', modelDir);
-  serving = await startServe({
-    role: 'all',
-    model: modelDir,
-    host: '127.0.0.1',
-    port: 0,
-    metricsHost: '127.0.0.1',
-    metricsPort: 0,
-    stages: { textEncoder: [], denoiser: [], decoder: [] },
-    maxInFlight: 2,
-    maxQueue: 4,
-    shutdownGraceSeconds: 1,
-  });
+  serving = await startServe(loopbackServeConfig(modelDir, { metricsPort: 0, maxInFlight: 2 }));
 
   // Prometheus scrapes the process every second, labelled as the prometheus-operator would (namespace; honor_labels
   // keeps the services' own `service` label, as the chart's ServiceMonitors do)

@@ -14,6 +14,7 @@ import { loadLocalStages, type LocalStages } from '../../services/cli/local-stag
 import { generate } from '../../services/common/pipeline.ts';
 import { callGenerate } from '../helpers/grpc.ts';
 import { tempDir } from '../helpers/tmp.ts';
+import { loopbackServeConfig } from '../helpers/serve-config.ts';
 
 const registry = createRegistry();
 let serving: Serving;
@@ -29,22 +30,7 @@ async function metricValue(name: string, labels: Record<string, string>): Promis
 beforeAll(async () => {
   const modelDir = tempDir('serve-batching');
   writeRandomCheckpoint('tiny', modelDir);
-  serving = await startServe(
-    {
-      role: 'all',
-      model: modelDir,
-      host: '127.0.0.1',
-      port: 0,
-      metricsHost: '127.0.0.1',
-      metricsPort: -1,
-      stages: { textEncoder: [], denoiser: [], decoder: [] },
-      maxQueue: 16,
-      batchRows: 8,
-      batchWaitMs: 100,
-      shutdownGraceSeconds: 1,
-    },
-    { registry, logger: pino({ level: 'warn' }) },
-  );
+  serving = await startServe(loopbackServeConfig(modelDir, { maxQueue: 16, batchRows: 8, batchWaitMs: 100 }), { registry, logger: pino({ level: 'warn' }) });
   await serving.ready;
   local = await loadLocalStages(modelDir);
 });

@@ -8,6 +8,7 @@ import { DecoderClient } from '../../services/common/gen/sana/v1/decoder.ts';
 import { DenoiserClient } from '../../services/common/gen/sana/v1/denoiser.ts';
 import { TextEncoderClient } from '../../services/common/gen/sana/v1/text_encoder.ts';
 import { tempDir } from '../helpers/tmp.ts';
+import { loopbackServeConfig } from '../helpers/serve-config.ts';
 
 const root = tempDir('serve-precision');
 process.env.SANA_CACHE_DIR = `${root}/cache`;
@@ -16,19 +17,7 @@ let serving: Serving;
 beforeAll(async () => {
   const model = `${root}/tiny`;
   writeRandomCheckpoint('tiny', model);
-  serving = await startServe({
-    role: 'all',
-    model,
-    host: '127.0.0.1',
-    port: 0,
-    metricsHost: '127.0.0.1',
-    metricsPort: -1,
-    stages: { textEncoder: [], denoiser: [], decoder: [] },
-    maxInFlight: 1,
-    maxQueue: 1,
-    precision: 'int8',
-    shutdownGraceSeconds: 0,
-  });
+  serving = await startServe(loopbackServeConfig(model, { maxInFlight: 1, maxQueue: 1, precision: 'int8', shutdownGraceSeconds: 0 }));
   await serving.ready;
 });
 

@@ -23,6 +23,7 @@ import { RemoteStages } from '../../services/gateway/remote-stages.ts';
 import { addGenerationService } from '../../services/gateway/server.ts';
 import { callGenerate, healthStatus, listServices, readToEnd, unreadGenerate } from '../helpers/grpc.ts';
 import { tempDir } from '../helpers/tmp.ts';
+import { loopbackServeConfig } from '../helpers/serve-config.ts';
 
 /** A request that denoises for many seconds: 1000 steps at 1024 × 1024 (32 × 32 latents). */
 const LONG_REQUEST: Partial<GenerateRequest> = { prompt: ['a cat'], seed: 1n, numInferenceSteps: 1000, width: 1024, height: 1024, useResolutionBinning: false };
@@ -65,21 +66,7 @@ async function waitFor(condition: () => Promise<boolean>, timeoutMs = 10_000): P
 beforeAll(async () => {
   modelDir = tempDir('serve');
   writeRandomCheckpoint('tiny', modelDir);
-  serving = await startServe(
-    {
-      role: 'all',
-      model: modelDir,
-      host: '127.0.0.1',
-      port: 0,
-      metricsHost: '127.0.0.1',
-      metricsPort: 0,
-      stages: { textEncoder: [], denoiser: [], decoder: [] },
-      maxInFlight: 2,
-      maxQueue: 1,
-      shutdownGraceSeconds: 1,
-    },
-    { registry, logger: pino({ level: 'info' }, logSink) },
-  );
+  serving = await startServe(loopbackServeConfig(modelDir, { metricsPort: 0, maxInFlight: 2, maxQueue: 1 }), { registry, logger: pino({ level: 'info' }, logSink) });
   await serving.ready;
   local = await loadLocalStages(modelDir);
 });

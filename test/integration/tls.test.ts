@@ -18,6 +18,7 @@ import { generateRemote } from '../../services/gateway/client.ts';
 import { makeTestCertificates, type TestCertificates } from '../helpers/certs.ts';
 import { closedPort } from '../helpers/ports.ts';
 import { tempDir } from '../helpers/tmp.ts';
+import { loopbackServeConfig } from '../helpers/serve-config.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
@@ -44,19 +45,7 @@ beforeAll(async () => {
   certs = makeTestCertificates(root);
   const modelDir = path.join(root, 'model');
   writeRandomCheckpoint('tiny', modelDir);
-  serving = await startServe({
-    role: 'all',
-    model: modelDir,
-    host: '127.0.0.1',
-    port: 0,
-    metricsHost: '127.0.0.1',
-    metricsPort: -1,
-    stages: { textEncoder: [], denoiser: [], decoder: [] },
-    maxInFlight: 2,
-    maxQueue: 2,
-    shutdownGraceSeconds: 1,
-    tls: { cert: certs.serverCert, key: certs.serverKey, ca: certs.ca, clientCa: certs.ca },
-  });
+  serving = await startServe(loopbackServeConfig(modelDir, { maxInFlight: 2, maxQueue: 2, tls: { cert: certs.serverCert, key: certs.serverKey, ca: certs.ca, clientCa: certs.ca } }));
   await serving.ready;
 });
 

@@ -22,6 +22,7 @@ import { healthStatus, listServices } from '../helpers/grpc.ts';
 import { NatsServer } from '../helpers/nats-server.ts';
 import { metricValue, waitFor } from '../helpers/jobs.ts';
 import { tempDir } from '../helpers/tmp.ts';
+import { loopbackServeConfig } from '../helpers/serve-config.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -55,24 +56,7 @@ beforeAll(async () => {
   nats = await NatsServer.start();
   const modelDir = tempDir('jobs-api');
   writeRandomCheckpoint('tiny', modelDir);
-  serving = await startServe(
-    {
-      role: 'all',
-      model: modelDir,
-      host: '127.0.0.1',
-      port: 0,
-      metricsHost: '127.0.0.1',
-      metricsPort: -1,
-      stages: { textEncoder: [], denoiser: [], decoder: [] },
-      maxInFlight: 2,
-      maxQueue: 4,
-      shutdownGraceSeconds: 1,
-      nats: nats.url,
-      jobs: { ackWaitSeconds: 10 },
-      jobConcurrency: 1,
-    },
-    { registry },
-  );
+  serving = await startServe(loopbackServeConfig(modelDir, { maxInFlight: 2, nats: nats.url, jobs: { ackWaitSeconds: 10 }, jobConcurrency: 1 }), { registry });
   await serving.ready;
   client = new JobsClient(serving.address);
   nc = await connectNats(nats.url, 'test');

@@ -136,7 +136,7 @@ describe('denoiser stage with device cuda (emulation build)', () => {
     const cpu = await LocalDenoiser.load(modelDir);
     const cuda = await LocalDenoiser.load(modelDir, { device: 'cuda', cudaMode: 'bf16' });
     try {
-      expect(cuda.info()).toEqual(cpu.info());
+      expect(cuda.info()).toEqual({ ...cpu.info(), precision: 'cuda-bf16' });
       const wave = (n: number, f: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * f));
       const req = {
         latents: tensor(wave(8 * 8 * 8, 0.3), [1, 8, 8, 8]),
