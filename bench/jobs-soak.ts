@@ -11,11 +11,12 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { writeRandomCheckpoint } from '../services/cli/checkpoint.ts';
-import { startServe, type ServeConfig } from '../services/cli/serve.ts';
+import { startServe } from '../services/cli/serve.ts';
 import { connectNats } from '../services/common/nats.ts';
 import { JobQueue, retrying } from '../services/gateway/job-queue.ts';
 import { JobsClient } from '../services/gateway/jobs-client.ts';
 import { NatsServer } from '../test/helpers/nats-server.ts';
+import { loopbackServeConfig } from '../test/helpers/serve-config.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const { values: opts } = parseArgs({
@@ -41,17 +42,7 @@ const nats = await NatsServer.start();
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sana-soak-'));
 const modelDir = path.join(workDir, 'model');
 writeRandomCheckpoint('tiny', modelDir);
-const base: Omit<ServeConfig, 'role'> = {
-  model: modelDir,
-  host: '127.0.0.1',
-  port: 0,
-  metricsHost: '127.0.0.1',
-  metricsPort: -1,
-  stages: { textEncoder: [], denoiser: [], decoder: [] },
-  maxInFlight: 8,
-  maxQueue: 64,
-  shutdownGraceSeconds: 1,
-};
+const base = loopbackServeConfig(modelDir, { maxInFlight: 8, maxQueue: 64 });
 const stages = await startServe({ ...base, role: 'all' });
 await stages.ready;
 const address = (name: string) => [stages.hosts.find((h) => h.options.name === name)!.address];

@@ -17,7 +17,7 @@ import { InvalidArgumentError } from '../common/errors.ts';
 import { DIT_INT8_LAYERS, INT8_MAX, quantizeWeight } from '../common/int8-recipe.ts';
 import { Checkpoint } from '../common/safetensors.ts';
 import { type HostTensor, tensor } from '../common/tensor.ts';
-import { type DitInputs, ditDims, ditTensorShapes, type LinearDitConfig, loadLinearDitConfig, sincosPosEmbed, validateDitInputs } from './linear-dit.ts';
+import { type DitInputs, ditDims, ditTensorShapes, type LinearDitConfig, loadLinearDitConfig, PosEmbedTables, validateDitInputs } from './linear-dit.ts';
 
 export const CUDA_MODES = ['int8', 'bf16'] as const;
 export type CudaMode = (typeof CUDA_MODES)[number];
@@ -95,8 +95,8 @@ export interface CudaDitOptions {
 
 /** A SanaTransformer2DModel loaded into the CUDA backend; forward() as LinearDit's. */
 export class CudaLinearDit {
-  private readonly posCache = new Map<string, Float32Array>();
   private closed = false;
+  private readonly posTables: PosEmbedTables;
 
   private constructor(
     readonly config: LinearDitConfig,
@@ -104,7 +104,9 @@ export class CudaLinearDit {
     readonly description: string,
     private readonly addon: KernelsAddon,
     private readonly handle: unknown,
-  ) {}
+  ) {
+    this.posTables = new PosEmbedTables(config);
+  }
 
   /** The arithmetic, as GetInfo reports it: `cuda-int8` (W8A8) or `cuda-bf16`. */
   get precision(): string {
@@ -211,23 +213,13 @@ export class CudaLinearDit {
         caption: inputs.encoderHiddenStates.data,
         mask: Float32Array.from(inputs.encoderAttentionMask.data, Number),
         timestep: inputs.timestep.data,
-        posEmbed: this.config.interpolation_scale !== null ? this.posEmbed(height / p, width / p) : undefined,
+        posEmbed: this.config.interpolation_scale !== null ? this.posTables.get(height / p, width / p) : undefined,
       },
       reference,
     );
     return tensor(output, [batch, outChannels, height, width]);
   }
 
-  private posEmbed(h: number, w: number): Float32Array {
-    const key = `${h}x${w}`;
-    let table = this.posCache.get(key);
-    if (!table) {
-      table = sincosPosEmbed(this.config, h, w);
-      if (this.posCache.size > 8) this.posCache.clear();
-      this.posCache.set(key, table);
-    }
-    return table;
-  }
 
   async close(): Promise<void> {
     if (this.closed) return;

@@ -458,6 +458,25 @@ export function sincosPosEmbed(c: LinearDitConfig, h: number, w: number): Float3
   return out;
 }
 
+/** sincosPosEmbed tables by token grid, kept for the few sizes a server sees (either engine's forwards reuse them). */
+export class PosEmbedTables {
+  private readonly tables = new Map<string, Float32Array>();
+
+  constructor(private readonly config: LinearDitConfig) {}
+
+  /** [h·w, inner] for an h×w token grid */
+  get(h: number, w: number): Float32Array {
+    const key = `${h}x${w}`;
+    let table = this.tables.get(key);
+    if (!table) {
+      table = sincosPosEmbed(this.config, h, w);
+      if (this.tables.size > 8) this.tables.clear();
+      this.tables.set(key, table);
+    }
+    return table;
+  }
+}
+
 export interface DitInputs {
   /** [B, in_channels, H, W] float32 */
   hiddenStates: HostTensor<Float32Array>;
@@ -562,14 +581,16 @@ const MAX_ROWS_PER_RUN = 4096;
 
 /** A loaded SanaTransformer2DModel: forward() runs it in an ONNX Runtime worker. */
 export class LinearDit {
-  private readonly posCache = new Map<string, Float32Array>();
+  private readonly posTables: PosEmbedTables;
 
   private constructor(
     readonly config: LinearDitConfig,
     readonly session: OrtSession,
     readonly compileCacheHit: boolean,
     readonly precision: Precision,
-  ) {}
+  ) {
+    this.posTables = new PosEmbedTables(config);
+  }
 
   /** Loads `<dir>/config.json` and its safetensors (single or sharded, fp32/fp16/bf16), in fp32 or W8A8 int8. */
   static async load(dir: string, options: SessionOptions & PrecisionOptions = {}): Promise<LinearDit> {
@@ -596,14 +617,7 @@ export class LinearDit {
   }
 
   private posEmbed(h: number, w: number): HostTensor<Float32Array> {
-    const key = `${h}x${w}`;
-    let table = this.posCache.get(key);
-    if (!table) {
-      table = sincosPosEmbed(this.config, h, w);
-      if (this.posCache.size > 8) this.posCache.clear();
-      this.posCache.set(key, table);
-    }
-    return tensor(table, [1, h * w, ditDims(this.config).inner]);
+    return tensor(this.posTables.get(h, w), [1, h * w, ditDims(this.config).inner]);
   }
 
   /** The transformer's output sample [B, out_channels, H, W]. */

@@ -20,6 +20,7 @@ import { RemoteStages, type StageAddresses } from '../../services/gateway/remote
 import { metricValue, waitFor } from '../helpers/jobs.ts';
 import { NatsServer } from '../helpers/nats-server.ts';
 import { tempDir } from '../helpers/tmp.ts';
+import { loopbackServeConfig } from '../helpers/serve-config.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ACK_WAIT_SECONDS = 3;
@@ -31,18 +32,7 @@ let stageAddresses: StageAddresses;
 let local: LocalStages;
 
 function stageServeConfig(role: 'all' | 'denoiser'): ServeConfig {
-  return {
-    role,
-    model: modelDir,
-    host: '127.0.0.1',
-    port: 0,
-    metricsHost: '127.0.0.1',
-    metricsPort: -1,
-    stages: { textEncoder: [], denoiser: [], decoder: [] },
-    maxInFlight: 4,
-    maxQueue: 16,
-    shutdownGraceSeconds: 0,
-  };
+  return loopbackServeConfig(modelDir, { role, maxInFlight: 4, maxQueue: 16, shutdownGraceSeconds: 0 });
 }
 
 /** Stage clients as a worker uses them: connected (their shapes known) before the first job. */

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from 'prom-client';
 import { writeRandomCheckpoint } from '../../services/cli/checkpoint.ts';
-import { type ServeConfig, startServe, type Serving } from '../../services/cli/serve.ts';
+import { startServe, type Serving } from '../../services/cli/serve.ts';
 import { createRegistry } from '../../services/common/metrics.ts';
 import type { EncodeRequest } from '../../services/common/stages.ts';
 import { RemoteTextEncoder } from '../../services/gateway/remote-stages.ts';
@@ -11,25 +11,14 @@ import { decodeEmbedding, encodeEmbedding } from '../../services/text-encoder/sh
 import { metricValue, waitFor } from '../helpers/jobs.ts';
 import { NatsServer } from '../helpers/nats-server.ts';
 import { tempDir } from '../helpers/tmp.ts';
+import { loopbackServeConfig } from '../helpers/serve-config.ts';
 
 let nats: NatsServer;
 const replicas: { serving: Serving; registry: Registry; client: RemoteTextEncoder }[] = [];
 
 async function startReplica(modelDir: string) {
   const registry = createRegistry();
-  const config: ServeConfig = {
-    role: 'text-encoder',
-    model: modelDir,
-    host: '127.0.0.1',
-    port: 0,
-    metricsHost: '127.0.0.1',
-    metricsPort: -1,
-    stages: { textEncoder: [], denoiser: [], decoder: [] },
-    maxInFlight: 2,
-    maxQueue: 4,
-    shutdownGraceSeconds: 0,
-    nats: nats.url,
-  };
+  const config = loopbackServeConfig(modelDir, { role: 'text-encoder', maxInFlight: 2, shutdownGraceSeconds: 0, nats: nats.url });
   const serving = await startServe(config, { registry });
   await serving.ready;
   const client = new RemoteTextEncoder([serving.address]);
