@@ -15,6 +15,7 @@ import { Command } from 'commander';
 import {
   ACTIVATION_GRANULARITIES,
   type ActivationGranularity,
+  CPU_ACTIVATION_GRANULARITY,
   cosineSimilarity,
   type Int8Options,
   maxRelativeError,
@@ -181,7 +182,7 @@ export async function run(argv: string[]): Promise<void> {
     .option('--vae <dir>', 'vae/ folder for models without one')
     .option('--precision <p>', 'precision compared with fp32', 'int8')
     .option('--smooth <alpha>', 'SmoothQuant α (off when absent)')
-    .option('--activations <g>', `int8 activation scales: ${ACTIVATION_GRANULARITIES.join(' | ')}`)
+    .option('--activations <g>', `int8 activation scales of both models: ${ACTIVATION_GRANULARITIES.join(' | ')} (default: each model's own)`)
     .option('--steps <n>', 'denoising steps', '20')
     .option('--seed <n>', 'noise seed', '0')
     .option('--guidance <g>', 'guidance scale', '4.5')
@@ -207,7 +208,7 @@ export async function run(argv: string[]): Promise<void> {
   });
   const model = opts.model ?? opts.preset;
   const smooth = int8.smoothAlpha ?? 'off';
-  const activations = int8.activations ?? 'per-tensor';
+  const activations = int8.activations ?? `text ${CPU_ACTIVATION_GRANULARITY['text-encoder']}, dit ${CPU_ACTIVATION_GRANULARITY.denoiser}`;
   const table = rows.map((r) => ({
     model,
     precision,

@@ -2,6 +2,9 @@
 // real shapes (random weights), analytic FLOPs, achieved GFLOP/s against this machine's fp32 MatMul peak measured in
 // the same run, load time and memory (int8 rows beside the fp32 rows of the same run, the models loaded one after
 // the other); then the stage's encode() with and without an embedding-cache hit.
+// With more than one precision each runs in its own child process, so that the resident memory of one model is not
+// the leftover heap of the other: the table's rss columns are the int8 model's own.
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
@@ -12,6 +15,7 @@ import { LocalTextEncoder } from '../services/text-encoder/stage.ts';
 import { writeTestTokenizer } from '../services/common/random-tokenizer.ts';
 import { HfTokenizer } from '../services/text-encoder/tokenizer.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
+import { parsePrecision, type Precision } from '../services/common/int8-recipe.ts';
 import { benchPrecisions, measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
 
 const GiB = 2 ** 30;
@@ -28,18 +32,21 @@ export async function run(argv: string[]): Promise<void> {
     .option('--max-sequence-length <n>', 'max_sequence_length of the stage rows', '300')
     .option('--precision <list>', 'fp32 | int8, comma-separated (int8 comes with fp32 rows)', 'fp32')
     .option('--json', 'one JSON object per row')
+    .option('--child <precision>', 'internal: measure this one precision and print JSON rows')
     .parse(argv, { from: 'user' })
-    .opts<{ preset: string; tokens: string; batch: string; repeats: string; prepack: boolean; stage: boolean; tokenizer?: string; maxSequenceLength: string; precision: string; json?: boolean }>();
+    .opts<{ preset: string; tokens: string; batch: string; repeats: string; prepack: boolean; stage: boolean; tokenizer?: string; maxSequenceLength: string; precision: string; json?: boolean; child?: string }>();
+  const json = Boolean(opts.json);
+  const precisions = opts.child ? [parsePrecision(opts.child, '--child')] : benchPrecisions(opts.precision);
+  if (precisions.length > 1) return runEachInChild(argv, precisions, json);
   const batch = Number(opts.batch);
   const lengths = opts.tokens.split(',').map(Number);
-  const json = Boolean(opts.json);
 
   const checkpoint = cachedRandomCheckpoint(opts.preset);
   const peak = await measureMatmulPeakGflops();
   const rows: Record<string, string | number>[] = [];
   const loads: Record<string, string | number>[] = [];
   let model: Gemma2Model | undefined;
-  for (const precision of benchPrecisions(opts.precision)) {
+  for (const precision of precisions) {
     await model?.close();
     const rssBefore = process.memoryUsage().rss / GiB;
     const started = performance.now();
@@ -81,6 +88,7 @@ export async function run(argv: string[]): Promise<void> {
       rss_load_delta_gib: Number((rssAfterLoad - rssBefore).toFixed(2)),
       // without prepacking the weights are mapped in by the first forward: the resident size after the runs
       rss_after_runs_gib: Number((process.memoryUsage().rss / GiB).toFixed(2)),
+      peak_rss_gib: Number(peakRssGiB().toFixed(2)),
     });
   }
   printTable(rows, json);
@@ -121,5 +129,35 @@ export async function run(argv: string[]): Promise<void> {
   await model!.close();
   if (!json) console.log('');
   printTable(loads, json);
-  if (!json) console.log(`peak RSS ${peakRssGiB().toFixed(2)} GiB (whole run); runs per row: 1 warm-up + ${opts.repeats} timed`);
+  if (!json) console.log(`runs per row: 1 warm-up + ${opts.repeats} timed`);
+}
+
+/** One child process per precision (the same options, stage rows in the last one only); prints the merged tables. */
+function runEachInChild(argv: string[], precisions: Precision[], json: boolean): void {
+  const rows: Record<string, string | number>[] = [];
+  precisions.forEach((precision, i) => {
+    const last = i === precisions.length - 1;
+    const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, 'text-encoder', ...argv, '--child', precision, '--json', ...(last ? [] : ['--no-stage'])], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      encoding: 'utf8',
+      maxBuffer: 64 * 2 ** 20,
+    });
+    if (child.status !== 0) throw new Error(`the ${precision} child exited with ${child.status ?? child.signal}`);
+    for (const line of child.stdout.split('\n')) if (line.startsWith('{')) rows.push(JSON.parse(line) as Record<string, string | number>);
+  });
+  const of = (stage: string) => rows.filter((r) => r.stage === stage);
+  const ratio = (r: Record<string, string | number>, key: string, invert: boolean) => {
+    const fp32 = rows.find((f) => f.stage === r.stage && f.precision === 'fp32' && f.tokens === r.tokens);
+    if (!fp32 || r.precision === 'fp32') return '';
+    const v = invert ? (fp32[key] as number) / (r[key] as number) : (r[key] as number) / (fp32[key] as number);
+    return Number(v.toFixed(2));
+  };
+  const forwards = of('text-encoder').map((r) => ({ ...r, vs_fp32: ratio(r, 'median_s', true) }));
+  const memory = of('text-encoder-memory').map((r) => ({ ...r, rss_vs_fp32: ratio(r, 'rss_after_runs_gib', false) }));
+  printTable(forwards, json);
+  if (!json) console.log('');
+  printTable(of('encode()'), json);
+  if (!json) console.log('');
+  printTable(memory, json);
+  if (!json) console.log('each precision measured in its own process; rss_after_runs is its resident set after the timed forwards');
 }

@@ -8,14 +8,19 @@
 //                these options are part of the compile-cache key).
 //   activations  dynamic, computed at run time from the tensor itself:
 //                  GPU  symmetric int8 per token (row): s_x[t] = max_i |X[t,i]| / 127
-//                  CPU  `cpuActivationGranularity` (default per tensor), both built by GraphBuilder.int8Linear:
+//                  CPU  per model (CPU_ACTIVATION_GRANULARITY: the denoiser per tensor, the text encoder per
+//                       token), both built by GraphBuilder.int8Linear:
 //                       per-tensor  com.microsoft DynamicQuantizeMatMul: asymmetric uint8 with one scale and zero
 //                                   point per tensor, u8×s8 → int32, fp32 epilogue (scales, bias) fused in the kernel;
 //                                   ONNX Runtime's fastest int8 path on these CPUs (s8 activations run slower than fp32)
 //                       per-token   the GPU's scheme: ReduceMax|x| per row, QuantizeLinear along axis 0 with zero
 //                                   point 128 (= the symmetric int8 value + 128, so the int32 sums equal s8×s8 ones),
 //                                   com.microsoft MatMulIntegerToFloat (u8×s8, per-column weight scales), × s_x[t], + bias
-//                       On a 4096×1152×1152 GEMM chain (2 cores): per-tensor 2.48×, per-token 2.16× the fp32 speed.
+//                       On a 4096×1152×1152 GEMM chain (2 cores): per-tensor 2.48×, per-token 2.16× the fp32 speed;
+//                       in whole graphs the gap is smaller (Gemma-2 at 300 tokens: per-token 6% slower; Linear-DiT at
+//                       1024 px: within noise). Per tensor is the denoiser's default: its error is small (quality
+//                       report). Gemma-2's activations are heavy-tailed (the GELU-gated MLP output feeding down_proj),
+//                       so one scale per tensor wastes most int8 levels on a few tokens: per token is its default.
 //                       The quality report (`npm run bench -- quality`) measures the error of either.
 //   GEMM         int32 accumulation, then an fp32 epilogue: y[t,o] = acc[t,o] · s_x[t] · s_w[o] + bias[o].
 //   smoothing    optional SmoothQuant (Int8Options.smoothAlpha; off by default): per input channel i,
@@ -60,12 +65,15 @@ export const GEMMA2_INT8_LAYERS = [
 export type ActivationGranularity = 'per-token' | 'per-tensor';
 export const ACTIVATION_GRANULARITIES: readonly ActivationGranularity[] = ['per-tensor', 'per-token'];
 
+/** The models that run W8A8 on the CPU. */
+export type Int8Model = 'denoiser' | 'text-encoder';
+
 /**
- * The CPU graphs' default activation scheme: ONNX Runtime's fused per-tensor uint8 path (DynamicQuantizeMatMul).
- * Per-token (symmetric, QuantizeLinear along the rows + MatMulIntegerToFloat) is the GPU's scheme and selectable;
- * on this machine it ran at 2.16× fp32 against 2.48× for per-tensor on a 4096×1152×1152 GEMM chain.
+ * The CPU graphs' default activation scheme per model: ONNX Runtime's fused per-tensor uint8 path
+ * (DynamicQuantizeMatMul) for the denoiser; per token (the GPU's scheme: symmetric, QuantizeLinear along the rows +
+ * MatMulIntegerToFloat) for the text encoder, whose per-tensor error dominated the whole pipeline's.
  */
-export const cpuActivationGranularity: ActivationGranularity = 'per-tensor';
+export const CPU_ACTIVATION_GRANULARITY: Record<Int8Model, ActivationGranularity> = { denoiser: 'per-tensor', 'text-encoder': 'per-token' };
 
 export interface Int8Options {
   /** SmoothQuant migration strength α in [0, 1]; null switches smoothing off. */
@@ -74,7 +82,6 @@ export interface Int8Options {
   activations: ActivationGranularity;
 }
 
-export const DEFAULT_INT8_OPTIONS: Int8Options = { smoothAlpha: null, activations: cpuActivationGranularity };
 
 /** What a model loader takes besides its ONNX Runtime session options. */
 export interface PrecisionOptions {
@@ -88,9 +95,9 @@ export function parsePrecision(value: string, field = 'precision'): Precision {
   return value as Precision;
 }
 
-/** The int8 options a graph compiles with, complete and checked (they are part of the compile-cache key). */
-export function resolveInt8Options(partial: Partial<Int8Options> = {}): Int8Options {
-  const o = { ...DEFAULT_INT8_OPTIONS, ...partial };
+/** The int8 options a model's graph compiles with, complete and checked (they are part of the compile-cache key). */
+export function resolveInt8Options(model: Int8Model, partial: Partial<Int8Options> = {}): Int8Options {
+  const o = { smoothAlpha: null, activations: CPU_ACTIVATION_GRANULARITY[model], ...partial };
   if (o.smoothAlpha !== null && !(o.smoothAlpha >= 0 && o.smoothAlpha <= 1)) throw new Error(`int8 smoothAlpha must be in [0, 1] or null, got ${o.smoothAlpha}`);
   if (!ACTIVATION_GRANULARITIES.includes(o.activations)) throw new Error(`int8 activations must be one of ${ACTIVATION_GRANULARITIES.join(', ')}, got ${o.activations}`);
   return o;

@@ -598,7 +598,7 @@ export class LinearDit {
     const configFile = path.join(dir, 'config.json');
     const config = loadLinearDitConfig(configFile);
     const ckpt = Checkpoint.open(dir, 'diffusion_pytorch_model');
-    const int8Options = precision === 'int8' ? resolveInt8Options(int8) : undefined;
+    const int8Options = precision === 'int8' ? resolveInt8Options('denoiser', int8) : undefined;
     const code = [import.meta.url, new URL('../common/onnx-graph.ts', import.meta.url).href, new URL('../common/int8-recipe.ts', import.meta.url).href];
     const { dir: modelDir, hit } = await cachedCompile(
       { kind: 'linear-dit', inputs: [configFile, ...ckpt.files], options: int8Options ? { precision, ...int8Options } : {}, code },

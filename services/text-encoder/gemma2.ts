@@ -15,7 +15,7 @@
 // (finfo.min) and therefore the uniform average of all L values.
 // Weights are addressed by the checkpoint's own keys; a Gemma2ForCausalLM checkpoint's `model.` prefix is
 // recognised. The graph is compiled once per checkpoint content and precision: int8 runs the decoder-layer linears
-// of GEMMA2_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts, no smoothing); embeddings, norms, RoPE and the
+// of GEMMA2_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts: per-token activations, no smoothing); embeddings, norms, RoPE and the
 // attention softmax stay fp32.
 import path from 'node:path';
 import { z } from 'zod';
@@ -313,7 +313,7 @@ export class Gemma2Model {
     const config = loadGemma2Config(configFile);
     const ckpt = Checkpoint.open(dir, 'model');
     const prefix = gemma2KeyPrefix(ckpt);
-    const int8Options = precision === 'int8' ? resolveInt8Options(int8) : undefined;
+    const int8Options = precision === 'int8' ? resolveInt8Options('text-encoder', int8) : undefined;
     if (int8Options && int8Options.smoothAlpha !== null) throw new Error('the Gemma-2 int8 graph has no smoothing: leave int8.smoothAlpha null');
     const { dir: modelDir, hit } = await cachedCompile(
       {

@@ -1,6 +1,7 @@
 // W8A8 int8: the recipe's GEMMs as ONNX Runtime runs them, and the tiny models' quality against fp32 with the
 // tolerances of the quality report (`npm run bench -- quality --preset tiny --precision int8`: denoiser steps
-// cosine ≥ 0.99994, final latents 0.99996 and 47.6 dB, whole pipeline 34.5 dB, text embeddings cosine ≥ 0.99924).
+// cosine ≥ 0.99994, final latents 0.99996 and 47.6 dB, whole pipeline 38.5 dB, text embeddings cosine ≥ 0.99974 with
+// the text encoder's per-token activations).
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import {
@@ -80,8 +81,9 @@ describe('the W8A8 recipe', () => {
 
   test('bad precision and options are named', () => {
     expect(() => parsePrecision('int4', '--precision')).toThrow('--precision must be one of fp32, int8, got "int4"');
-    expect(() => resolveInt8Options({ smoothAlpha: 1.5 })).toThrow('smoothAlpha must be in [0, 1]');
-    expect(resolveInt8Options()).toEqual({ smoothAlpha: null, activations: 'per-tensor' });
+    expect(() => resolveInt8Options('denoiser', { smoothAlpha: 1.5 })).toThrow('smoothAlpha must be in [0, 1]');
+    expect(resolveInt8Options('denoiser')).toEqual({ smoothAlpha: null, activations: 'per-tensor' });
+    expect(resolveInt8Options('text-encoder')).toEqual({ smoothAlpha: null, activations: 'per-token' });
   });
 });
 
@@ -99,14 +101,14 @@ describe('int8 models against fp32', () => {
     const dir = path.join(root, 'tiny');
     writeRandomCheckpoint('tiny', dir);
     const rows = await report(dir);
-    expect(worst(rows, 'text-encoder prompt').cosine).toBeGreaterThanOrEqual(0.999);
-    expect(worst(rows, 'text-encoder negative').cosine).toBeGreaterThanOrEqual(0.999);
+    expect(worst(rows, 'text-encoder prompt').cosine).toBeGreaterThanOrEqual(0.9997);
+    expect(worst(rows, 'text-encoder negative').cosine).toBeGreaterThanOrEqual(0.9997);
     expect(worst(rows, 'denoiser step').cosine).toBeGreaterThanOrEqual(0.9999);
     expect(rows.filter((r) => r.stage === 'denoiser step')).toHaveLength(20);
     const denoiser = worst(rows, 'latents (denoiser)');
     expect(denoiser.cosine).toBeGreaterThanOrEqual(0.9999);
     expect(denoiser.psnr).toBeGreaterThanOrEqual(45);
-    expect(worst(rows, 'latents (pipeline)').psnr).toBeGreaterThanOrEqual(33);
+    expect(worst(rows, 'latents (pipeline)').psnr).toBeGreaterThanOrEqual(37);
   });
 
   test('int8 compiles apart from fp32, reports its precision and reuses its compiled graph', async () => {
