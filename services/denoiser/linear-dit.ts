@@ -345,9 +345,9 @@ class DitGraph {
       [image, this.w(`${prefix}.conv_depth.weight`), this.w(`${prefix}.conv_depth.bias`)],
       { group: 2 * ffHidden, kernel_shape: [3, 3], pads: [1, 1, 1, 1] },
     ); // [B,2F,h,w]
-    const tokens = g.transpose(g.reshape(depth, [0, 0, -1]), [0, 2, 1]); // [B,N,2F]
-    const [value, gate] = g.split(tokens, 2, [ffHidden, ffHidden]);
-    const glu = g.mul(value, g.silu(gate)); // [B,N,F]
+    // the GLU runs channel-major, so only its F channels (not 2F) are transposed back to tokens
+    const [value, gate] = g.split(g.reshape(depth, [0, 0, -1]), 1, [ffHidden, ffHidden]); // [B,F,N] each
+    const glu = g.transpose(g.mul(value, g.silu(gate)), [0, 2, 1]); // [B,N,F]
     return this.linear(glu, `${prefix}.conv_point`, batch, false); // [B,N,D]
   }
 
