@@ -1,19 +1,21 @@
 // The denoiser's CUDA backend through the SIMT emulation build of kernels/ (build/kernels/emu, npm run
-// kernels:build): the whole forward against the ONNX Runtime fp32 engine on the golden tiny transformer, against the
-// plain C++ reference with the same rounding, and the denoiser stage wired with device 'cuda'.
+// kernels:build): the whole forward against the ONNX Runtime fp32 engine on every golden variant's transformer (every
+// transformer group of each), against the plain C++ reference with the same rounding, and the denoiser stage wired
+// with device 'cuda'.
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, test } from 'vitest';
-import { ConfigError } from '../../services/common/config.ts';
 import { InvalidArgumentError } from '../../services/common/errors.ts';
 import { writeComponent } from '../../services/common/random-checkpoint.ts';
 import { tensor } from '../../services/common/tensor.ts';
 import { writeRandomCheckpoint } from '../../services/cli/checkpoint.ts';
 import { PRESETS, transformer } from '../../services/cli/presets.ts';
+import { INT8_MAX } from '../../services/common/int8-recipe.ts';
 import { CudaLinearDit, CudaUnavailableError, DEFAULT_CUDA_ADDON, EMULATION_ADDON, PARITY_LIMITS } from '../../services/denoiser/cuda-backend.ts';
 import { type DitInputs, LinearDit } from '../../services/denoiser/linear-dit.ts';
 import { LocalDenoiser } from '../../services/denoiser/stage.ts';
 import { Golden, maxRelErr } from '../parity/golden.ts';
+import { groupsByOutput } from '../parity/stages.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
 const root = tempDir('cuda-backend');
@@ -21,13 +23,19 @@ process.env.SANA_CACHE_DIR = path.join(root, 'cache');
 
 const INT8_LIMIT = PARITY_LIMITS.int8;
 const BF16_LIMIT = PARITY_LIMITS.bf16;
-// int8 kernels against the C++ reference with the same quantization: the int32 products are exact, only the fp32
-// summation order of norms and attention differs. (Not checked for bf16: there a last-bit fp32 difference flips a
-// bf16 rounding, a 2^-9 step, so that comparison is no tighter than the one against fp32.)
+// The kernels against the C++ reference with the same rounding. int8: the int32 products are exact, only the fp32
+// summation order of norms and attention differs. bf16: a last-bit fp32 difference may flip a high part's rounding,
+// but the low part takes the difference up, so the pair still agrees to a few 2^-17 steps.
 const INT8_SAME_ROUNDING_LIMIT = 1e-5;
+const BF16_SAME_ROUNDING_LIMIT = 2e-5;
+// Except where an activation sits exactly on an int8 rounding tie: in tiny-posembed-qknorm's group transformer.b the
+// reference's v/s is 93.5000 (to 7 digits) for one element of one attention-block row, which the kernel's fp32 value
+// rounds the other way. That one step (1/127 of the row maximum) is the whole 9.7e-4 difference of that group; the
+// bound there is that one step.
+const INT8_TIES: Record<string, number> = { 'golden tiny-posembed-qknorm transformer.b': 1 / INT8_MAX };
 
-function goldenInputs(golden: Golden): DitInputs {
-  const t = (n: string) => `transformer.${n}`;
+function goldenInputs(golden: Golden, group = 'transformer'): DitInputs {
+  const t = (n: string) => `${group}.${n}`;
   return {
     hiddenStates: tensor(golden.f32(t('hidden_states')), golden.shape(t('hidden_states'))),
     encoderHiddenStates: tensor(golden.f32(t('encoder_hidden_states')), golden.shape(t('encoder_hidden_states'))),
@@ -41,22 +49,42 @@ beforeAll(() => {
   process.env.SANA_CUDA_ADDON = EMULATION_ADDON;
 });
 
+/** Every transformer group (inputs → output) of a golden variant. */
+function goldenCase(variant: string) {
+  const dir = path.resolve('test/fixtures/golden', variant);
+  return {
+    name: `golden ${variant}`,
+    dir: path.join(dir, 'transformer'),
+    inputs: (): { group: string; inputs: DitInputs }[] => {
+      const golden = new Golden(dir);
+      return groupsByOutput(golden, 'transformer', 'output').map((group) => ({ group, inputs: goldenInputs(golden, group) }));
+    },
+  };
+}
+
 describe('emulated CUDA forward vs the ONNX fp32 engine', () => {
   const cases = [
-    { name: 'golden tiny-a', dir: path.resolve('test/fixtures/golden/tiny-a/transformer'), inputs: () => goldenInputs(new Golden(path.resolve('test/fixtures/golden/tiny-a'))) },
+    goldenCase('tiny-a'),
+    goldenCase('tiny-bf16-sharded'), // qk_norm, 3 heads of 8, bf16 weights in 4 shards, a non-square latent group
+    goldenCase('tiny-posembed-qknorm'), // qk_norm, patch 2, sin-cos positions, biases, affine norm2, 3 latent sizes
     {
       // patch 2, sin-cos position table, attention biases, affine norm2, 3 heads of 8 (padded Q tile, a part-filled
       // K/V tile), 2 cross heads of 12, a 39-token caption with padding, stored in bf16
       name: 'random p2 pos-embed bias affine bf16-stored',
       dir: path.join(root, 'variant', 'transformer'),
-      inputs: (): DitInputs => {
+      inputs: (): { group: string; inputs: DitInputs }[] => {
         const wave = (n: number, f: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * f));
-        return {
-          hiddenStates: tensor(wave(2 * 4 * 12 * 10, 0.37), [2, 4, 12, 10]),
-          encoderHiddenStates: tensor(wave(2 * 39 * 40, 0.11), [2, 39, 40]),
-          encoderAttentionMask: tensor(BigInt64Array.from({ length: 78 }, (_, i) => (i % 39 < 30 ? 1n : 0n)), [2, 39]),
-          timestep: tensor(Float32Array.from([999, 321.5]), [2]),
-        };
+        return [
+          {
+            group: 'sin waves',
+            inputs: {
+              hiddenStates: tensor(wave(2 * 4 * 12 * 10, 0.37), [2, 4, 12, 10]),
+              encoderHiddenStates: tensor(wave(2 * 39 * 40, 0.11), [2, 39, 40]),
+              encoderAttentionMask: tensor(BigInt64Array.from({ length: 78 }, (_, i) => (i % 39 < 30 ? 1n : 0n)), [2, 39]),
+              timestep: tensor(Float32Array.from([999, 321.5]), [2]),
+            },
+          },
+        ];
       },
     },
   ];
@@ -72,21 +100,25 @@ describe('emulated CUDA forward vs the ONNX fp32 engine', () => {
 
   for (const c of cases) {
     test(`${c.name}: bf16 and int8 modes`, async () => {
-      const inputs = c.inputs();
+      const groups = c.inputs();
       const onnx = await LinearDit.load(c.dir);
-      const ref = (await onnx.forward(inputs)).data;
+      const refs: Float32Array[] = [];
+      for (const { inputs } of groups) refs.push((await onnx.forward(inputs)).data);
       await onnx.close();
       for (const mode of ['bf16', 'int8'] as const) {
         const dit = await CudaLinearDit.load(c.dir, { mode, keepHostCopy: true });
         try {
-          const out = await dit.forward(inputs);
-          expect(out.dims).toEqual(inputs.hiddenStates.dims.map((d, i) => (i === 1 ? dit.config.out_channels ?? d : d)));
-          const sameRounding = (await dit.forwardReference(inputs, 'rounded')).data;
-          const unrounded = (await dit.forwardReference(inputs, 'fp32')).data;
-          // the C++ reference itself is the ONNX model in fp32
-          expect(maxRelErr(unrounded, ref)).toBeLessThan(1e-5);
-          if (mode === 'int8') expect(maxRelErr(out.data, sameRounding)).toBeLessThan(INT8_SAME_ROUNDING_LIMIT);
-          expect(maxRelErr(out.data, ref)).toBeLessThan(mode === 'int8' ? INT8_LIMIT : BF16_LIMIT);
+          for (const [g, { group, inputs }] of groups.entries()) {
+            const out = await dit.forward(inputs);
+            expect(out.dims).toEqual(inputs.hiddenStates.dims.map((d, i) => (i === 1 ? dit.config.out_channels ?? d : d)));
+            const sameRounding = (await dit.forwardReference(inputs, 'rounded')).data;
+            const unrounded = (await dit.forwardReference(inputs, 'fp32')).data;
+            // the C++ reference itself is the ONNX model in fp32
+            expect(maxRelErr(unrounded, refs[g])).toBeLessThan(1e-5);
+            const sameRoundingLimit = mode === 'int8' ? (INT8_TIES[`${c.name} ${group}`] ?? INT8_SAME_ROUNDING_LIMIT) : BF16_SAME_ROUNDING_LIMIT;
+            expect(maxRelErr(out.data, sameRounding)).toBeLessThan(sameRoundingLimit);
+            expect(maxRelErr(out.data, refs[g])).toBeLessThan(mode === 'int8' ? INT8_LIMIT : BF16_LIMIT);
+          }
         } finally {
           await dit.close();
         }
@@ -110,10 +142,6 @@ describe('CUDA backend refusals', () => {
     } finally {
       await dit.close();
     }
-  });
-
-  test('qk_norm checkpoints are refused naming the key', async () => {
-    await expect(CudaLinearDit.load(path.resolve('test/fixtures/golden/tiny-posembed-qknorm/transformer'))).rejects.toThrow(ConfigError);
   });
 
   test('the CUDA build on a machine without a device refuses to start, naming the cause', async () => {
