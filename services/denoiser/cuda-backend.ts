@@ -19,13 +19,27 @@ import { fileURLToPath } from 'node:url';
 import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { ConfigError } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
-import { DIT_INT8_LAYERS, INT8_MAX, quantizeWeight } from '../common/int8-recipe.ts';
+import { DIT_INT8_LAYERS, INT8_MAX, type Precision, quantizeWeight } from '../common/int8-recipe.ts';
 import { Checkpoint } from '../common/safetensors.ts';
 import { type HostTensor, tensor } from '../common/tensor.ts';
 import { type DitInputs, ditDims, ditTensorShapes, type LinearDitConfig, loadLinearDitConfig, PosEmbedTables, QK_NORM_EPS, validateDitInputs } from './linear-dit.ts';
 
 export const CUDA_MODES = ['int8', 'bf16'] as const;
 export type CudaMode = (typeof CUDA_MODES)[number];
+
+/**
+ * The backend's arithmetic for `--precision` with `--device cuda`: an explicit `cudaMode`, else SANA_CUDA_MODE, else
+ * int8 → int8 (W8A8) and fp32 → bf16 (the backend's accuracy reference: there are no fp32 tensor-core GEMMs).
+ */
+export function resolveCudaMode(precision: Precision = 'fp32', cudaMode?: CudaMode, env: NodeJS.ProcessEnv = process.env): CudaMode {
+  if (cudaMode) return cudaMode;
+  const fromEnv = env.SANA_CUDA_MODE;
+  if (fromEnv !== undefined && fromEnv !== '') {
+    if (!(CUDA_MODES as readonly string[]).includes(fromEnv)) throw new Error(`SANA_CUDA_MODE must be one of ${CUDA_MODES.join(', ')}, got "${fromEnv}"`);
+    return fromEnv as CudaMode;
+  }
+  return precision === 'int8' ? 'int8' : 'bf16';
+}
 
 /**
  * Parity limits of the backend against fp32 (max |ours − ref| / max |ref|):

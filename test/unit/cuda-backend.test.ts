@@ -4,18 +4,22 @@
 // with device 'cuda'.
 import fs from 'node:fs';
 import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 import { beforeAll, describe, expect, test } from 'vitest';
 import { InvalidArgumentError } from '../../services/common/errors.ts';
 import { writeComponent } from '../../services/common/random-checkpoint.ts';
 import { tensor } from '../../services/common/tensor.ts';
 import { writeRandomCheckpoint } from '../../services/cli/checkpoint.ts';
+import { startServe } from '../../services/cli/serve.ts';
+import { DenoiserClient } from '../../services/common/gen/sana/v1/denoiser.ts';
 import { PRESETS, transformer } from '../../services/cli/presets.ts';
 import { INT8_MAX } from '../../services/common/int8-recipe.ts';
-import { CudaLinearDit, CudaUnavailableError, DEFAULT_CUDA_ADDON, EMULATION_ADDON, PARITY_LIMITS } from '../../services/denoiser/cuda-backend.ts';
+import { CudaLinearDit, CudaUnavailableError, DEFAULT_CUDA_ADDON, EMULATION_ADDON, PARITY_LIMITS, resolveCudaMode } from '../../services/denoiser/cuda-backend.ts';
 import { type DitInputs, LinearDit } from '../../services/denoiser/linear-dit.ts';
 import { LocalDenoiser } from '../../services/denoiser/stage.ts';
 import { Golden, maxRelErr } from '../parity/golden.ts';
 import { groupsByOutput } from '../parity/stages.ts';
+import { loopbackServeConfig } from '../helpers/serve-config.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
 const root = tempDir('cuda-backend');
@@ -156,11 +160,14 @@ describe('CUDA backend refusals', () => {
 });
 
 describe('denoiser stage with device cuda (emulation build)', () => {
-  test('denoises through the same stage code as the CPU engine', async () => {
-    const modelDir = path.join(root, 'pipeline');
+  const modelDir = path.join(root, 'pipeline');
+  beforeAll(() => {
     writeRandomCheckpoint('tiny-transformer', modelDir);
     fs.mkdirSync(path.join(modelDir, 'scheduler'));
     fs.writeFileSync(path.join(modelDir, 'scheduler', 'scheduler_config.json'), JSON.stringify(PRESETS.tiny.scheduler));
+  });
+
+  test('denoises through the same stage code as the CPU engine', async () => {
     const cpu = await LocalDenoiser.load(modelDir);
     const cuda = await LocalDenoiser.load(modelDir, { device: 'cuda', cudaMode: 'bf16' });
     try {
@@ -184,6 +191,48 @@ describe('denoiser stage with device cuda (emulation build)', () => {
     } finally {
       await cpu.close();
       await cuda.close();
+    }
+  });
+
+  test('--precision picks the CUDA mode (int8 → W8A8, fp32 → bf16) unless SANA_CUDA_MODE or cudaMode says otherwise', async () => {
+    const precisionOf = async (options: Parameters<typeof LocalDenoiser.load>[1]) => {
+      const denoiser = await LocalDenoiser.load(modelDir, { device: 'cuda', ...options });
+      try {
+        return denoiser.info().precision;
+      } finally {
+        await denoiser.close();
+      }
+    };
+    expect(await precisionOf({ precision: 'int8' })).toBe('cuda-int8');
+    expect(await precisionOf({ precision: 'fp32' })).toBe('cuda-bf16');
+    expect(await precisionOf({})).toBe('cuda-bf16'); // --precision defaults to fp32
+    expect(resolveCudaMode('fp32', undefined, { SANA_CUDA_MODE: 'int8' })).toBe('int8');
+    expect(resolveCudaMode('int8', undefined, { SANA_CUDA_MODE: 'bf16' })).toBe('bf16');
+    expect(resolveCudaMode('int8', 'bf16', { SANA_CUDA_MODE: 'int8' })).toBe('bf16');
+    expect(() => resolveCudaMode('fp32', undefined, { SANA_CUDA_MODE: 'fp16' })).toThrow(/SANA_CUDA_MODE must be one of int8, bf16, got "fp16"/);
+    process.env.SANA_CUDA_MODE = 'int8';
+    try {
+      expect(await precisionOf({ precision: 'fp32' })).toBe('cuda-int8');
+    } finally {
+      delete process.env.SANA_CUDA_MODE;
+    }
+  });
+
+  test('sana serve denoiser --device cuda: GetInfo reports the mode --precision picked, over gRPC', async () => {
+    for (const [precision, want] of [['int8', 'cuda-int8'], ['fp32', 'cuda-bf16']] as const) {
+      const serving = await startServe(loopbackServeConfig(modelDir, { role: 'denoiser', device: 'cuda', precision, shutdownGraceSeconds: 0 }));
+      try {
+        await serving.ready;
+        const client = new DenoiserClient(serving.hosts.find((h) => h.options.name === 'denoiser')!.address, grpc.credentials.createInsecure());
+        try {
+          const info = await new Promise<{ precision: string }>((resolve, reject) => client.getInfo({}, (e, r) => (e ? reject(e) : resolve(r))));
+          expect(info.precision).toBe(want);
+        } finally {
+          client.close();
+        }
+      } finally {
+        await serving.close();
+      }
     }
   });
 });
