@@ -75,14 +75,17 @@ napi_value Create(napi_env env, napi_callback_info info) {
       {"num_attention_heads", &c.num_attention_heads}, {"attention_head_dim", &c.attention_head_dim},
       {"num_cross_attention_heads", &c.num_cross_attention_heads}, {"cross_attention_head_dim", &c.cross_attention_head_dim},
       {"num_layers", &c.num_layers}, {"patch_size", &c.patch_size}, {"ff_hidden", &c.ff_hidden},
-      {"attention_bias", &c.attention_bias}, {"norm_elementwise_affine", &c.norm_elementwise_affine}, {"pos_embed", &c.pos_embed}};
+      {"attention_bias", &c.attention_bias}, {"norm_elementwise_affine", &c.norm_elementwise_affine}, {"pos_embed", &c.pos_embed},
+      {"qk_norm", &c.qk_norm}};
   for (const auto &[key, dst] : ints)
     if (!getInt(env, argv[0], key, dst)) return throwError(env, std::string("config.") + key + " must be a number");
-  napi_value eps;
-  double epsValue;
-  if (napi_get_named_property(env, argv[0], "norm_eps", &eps) != napi_ok || napi_get_value_double(env, eps, &epsValue) != napi_ok)
-    return throwError(env, "config.norm_eps must be a number");
-  c.norm_eps = (float)epsValue;
+  for (const auto &[key, dst] : {std::pair<const char *, float *>{"norm_eps", &c.norm_eps}, {"qk_norm_eps", &c.qk_norm_eps}}) {
+    napi_value eps;
+    double epsValue;
+    if (napi_get_named_property(env, argv[0], key, &eps) != napi_ok || napi_get_value_double(env, eps, &epsValue) != napi_ok)
+      return throwError(env, std::string("config.") + key + " must be a number");
+    *dst = (float)epsValue;
+  }
   int mode = 0;
   bool keep = false;
   napi_get_value_int32(env, argv[1], &mode);

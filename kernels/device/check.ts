@@ -1,8 +1,9 @@
 // Parity and timing of the denoiser's CUDA backend, for kernels/device/run.sh (bundled to one .mjs so that the device,
 // which has no Node.js project, needs only the carried node binary). Writes a JSON report and prints its tables.
 //
-//   parity  each golden variant's transformer: bf16 and int8 forward vs the golden (diffusers fp32) output, and the
-//           addon's plain C++ fp32 reference vs the same output (checks the reference itself)
+//   parity  each golden variant's transformer, every transformer group (inputs → output) of its golden: bf16 and int8
+//           forward vs the golden (diffusers fp32) output and vs the addon's plain C++ reference with the same
+//           rounding, and that C++ reference in fp32 vs the golden (checks the reference itself)
 //   timing  a preset's shapes with random weights: median forward ms per mode, resolution, batch
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,6 +13,7 @@ import { PRESETS } from '../../services/cli/presets.ts';
 import { CUDA_MODES, CudaLinearDit, PARITY_LIMITS } from '../../services/denoiser/cuda-backend.ts';
 import { type DitInputs, ditTensorShapes, LinearDitConfig } from '../../services/denoiser/linear-dit.ts';
 import { Golden, maxRelErr } from '../../test/parity/golden.ts';
+import { groupsByOutput } from '../../test/parity/stages.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -33,15 +35,8 @@ const report: Record<string, unknown> = { started: new Date().toISOString() };
 const parity: Record<string, unknown>[] = [];
 for (const dir of args.golden) {
   const golden = new Golden(dir);
-  if (!golden.has('transformer.output')) continue;
-  const t = (n: string) => `transformer.${n}`;
-  const inputs: DitInputs = {
-    hiddenStates: tensor(golden.f32(t('hidden_states')), golden.shape(t('hidden_states'))),
-    encoderHiddenStates: tensor(golden.f32(t('encoder_hidden_states')), golden.shape(t('encoder_hidden_states'))),
-    encoderAttentionMask: tensor(golden.i64(t('encoder_attention_mask')), golden.shape(t('encoder_attention_mask'))),
-    timestep: tensor(golden.f32(t('timestep')), golden.shape(t('timestep'))),
-  };
-  const want = golden.f32(t('output'));
+  const groups = groupsByOutput(golden, 'transformer', 'output');
+  if (groups.length === 0) continue;
   for (const mode of CUDA_MODES) {
     let dit: CudaLinearDit;
     try {
@@ -52,17 +47,30 @@ for (const dir of args.golden) {
     }
     try {
       report.backend = dit.description;
-      const out = (await dit.forward(inputs)).data;
-      const reference = (await dit.forwardReference(inputs, 'fp32')).data;
-      const err = maxRelErr(out, want);
-      parity.push({
-        variant: golden.variant,
-        mode,
-        maxRelErr: err,
-        limit: PARITY_LIMITS[mode],
-        referenceFp32MaxRelErr: maxRelErr(reference, want),
-        pass: err < PARITY_LIMITS[mode],
-      });
+      for (const group of groups) {
+        const t = (n: string) => `${group}.${n}`;
+        const inputs: DitInputs = {
+          hiddenStates: tensor(golden.f32(t('hidden_states')), golden.shape(t('hidden_states'))),
+          encoderHiddenStates: tensor(golden.f32(t('encoder_hidden_states')), golden.shape(t('encoder_hidden_states'))),
+          encoderAttentionMask: tensor(golden.i64(t('encoder_attention_mask')), golden.shape(t('encoder_attention_mask'))),
+          timestep: tensor(golden.f32(t('timestep')), golden.shape(t('timestep'))),
+        };
+        const want = golden.f32(t('output'));
+        const out = (await dit.forward(inputs)).data;
+        const reference = (await dit.forwardReference(inputs, 'fp32')).data;
+        const sameRounding = (await dit.forwardReference(inputs, 'rounded')).data;
+        const err = maxRelErr(out, want);
+        parity.push({
+          variant: golden.variant,
+          group,
+          mode,
+          maxRelErr: err,
+          limit: PARITY_LIMITS[mode],
+          referenceFp32MaxRelErr: maxRelErr(reference, want),
+          sameRoundingMaxRelErr: maxRelErr(out, sameRounding),
+          pass: err < PARITY_LIMITS[mode],
+        });
+      }
     } finally {
       await dit.close();
     }
@@ -78,7 +86,7 @@ function randomWeights(c: LinearDitConfig): (key: string) => Float32Array {
     const shape = shapes.get(key)!;
     const n = shape.reduce((a, b) => a * b, 1);
     const out = new Float32Array(n);
-    if (key.endsWith('norm.weight') || key.endsWith('norm2.weight')) return out.fill(1);
+    if (/norm(2|_q|_k)?\.weight$/.test(key)) return out.fill(1);
     if (key.endsWith('.bias')) return out;
     const scale = (key.includes('scale_shift_table') ? 0.1 : 1) / Math.sqrt(shape.length > 1 ? n / shape[0] : 1);
     for (let i = 0; i < n; i++) {
@@ -141,8 +149,11 @@ fs.writeFileSync(args.out!, `${JSON.stringify(report, null, 2)}\n`);
 console.log(`backend: ${report.backend ?? '?'}`);
 console.log('parity (max |ours - golden| / max |golden|)');
 for (const p of parity) {
-  const row = p.skipped ? `skipped: ${p.skipped}` : `${(p.maxRelErr as number).toExponential(2)} (limit ${(p.limit as number).toExponential(2)}) ${p.pass ? 'ok' : 'FAIL'}; C++ fp32 reference ${(p.referenceFp32MaxRelErr as number).toExponential(2)}`;
-  console.log(`  ${String(p.variant).padEnd(24)} ${String(p.mode).padEnd(5)} ${row}`);
+  const e = (key: string) => (p[key] as number).toExponential(2);
+  const row = p.skipped
+    ? `skipped: ${p.skipped}`
+    : `${e('maxRelErr')} (limit ${e('limit')}) ${p.pass ? 'ok' : 'FAIL'}; vs C++ same rounding ${e('sameRoundingMaxRelErr')}; C++ fp32 reference ${e('referenceFp32MaxRelErr')}`;
+  console.log(`  ${`${p.variant}${p.group ? ` ${p.group}` : ''}`.padEnd(44)} ${String(p.mode).padEnd(5)} ${row}`);
 }
 console.log(`timing (${args.preset}, batch ${batch}, caption ${captionLength}, median of ${repeats})`);
 for (const t of timing) {

@@ -16,6 +16,8 @@ typedef struct SanaDitConfig {
   int num_layers, patch_size, ff_hidden;
   float norm_eps;
   int attention_bias, norm_elementwise_affine, pos_embed;
+  int qk_norm;        // 1: "rms_norm_across_heads" (RMSNorm with weight over the whole q / k projection width)
+  float qk_norm_eps;  // its eps
 } SanaDitConfig;
 
 typedef enum SanaDitMode { SANA_DIT_INT8 = 0, SANA_DIT_BF16 = 1 } SanaDitMode;

@@ -124,6 +124,11 @@ SIMT_HOST_DEVICE uint16_t f32_to_bf16(float f) {
   return (uint16_t)(u >> 16);
 }
 SIMT_HOST_DEVICE float bf16_to_f32(uint16_t b) { return bits_float((unsigned)b << 16); }
+/**
+ * The split-bf16 low part: v ≈ hi + lo with hi = bf16(v) and lo = bf16(v − hi) (v − hi is exact in fp32), so the pair
+ * carries 16 significant bits: |v − hi − lo| ≤ 2^-9·|lo| ≤ 2^-18·|v|.
+ */
+SIMT_HOST_DEVICE uint16_t bf16_low_part(float v, uint16_t hi) { return f32_to_bf16(v - bf16_to_f32(hi)); }
 
 // ---- tensor cores ----
 // mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 (PTX ISA, "Matrix fragments for mma.m16n8k32", .s8):

@@ -46,7 +46,7 @@ std::vector<float> normModulate(const float *x, int rows, int cols, bool normali
 }
 
 Emitted emit(std::vector<float> values, int rows, int cols, Emit kind) {
-  Emitted e{kind, rows, cols, std::move(values), {}, {}, {}};
+  Emitted e{kind, rows, cols, std::move(values), {}, {}, {}, {}};
   if (kind == Emit::Int8) {
     e.q.resize((size_t)rows * cols);
     e.scale.resize(rows);
@@ -62,7 +62,11 @@ Emitted emit(std::vector<float> values, int rows, int cols, Emit kind) {
     }
   } else if (kind == Emit::Bf16) {
     e.bf16.resize(e.values.size());
-    for (size_t i = 0; i < e.values.size(); i++) e.bf16[i] = simt::f32_to_bf16(e.values[i]);
+    e.bf16Lo.resize(e.values.size());
+    for (size_t i = 0; i < e.values.size(); i++) {
+      e.bf16[i] = simt::f32_to_bf16(e.values[i]);
+      e.bf16Lo[i] = simt::bf16_low_part(e.values[i], e.bf16[i]);
+    }
   }
   return e;
 }
@@ -81,9 +85,13 @@ std::vector<float> linear(const Emitted &x, const sana::QuantizedWeight *wq, con
         v = (float)((float)acc * x.scale[r] * wq->scales[o]);
       } else if (x.kind == Emit::Bf16) {
         double acc = 0;
-        for (int i = 0; i < k; i++)
-          acc += (double)simt::bf16_to_f32(x.bf16[(size_t)r * k + i]) *
-                 simt::bf16_to_f32(simt::f32_to_bf16(w[(size_t)o * k + i]));
+        for (int i = 0; i < k; i++) {
+          const float wv = w[(size_t)o * k + i];
+          const uint16_t wHi = simt::f32_to_bf16(wv);
+          const double ah = simt::bf16_to_f32(x.bf16[(size_t)r * k + i]), al = simt::bf16_to_f32(x.bf16Lo[(size_t)r * k + i]);
+          const double wh = simt::bf16_to_f32(wHi), wl = simt::bf16_to_f32(simt::bf16_low_part(wv, wHi));
+          acc += ah * wh + ah * wl + al * wh;
+        }
         v = acc;
       } else {
         double acc = 0;
@@ -104,6 +112,16 @@ std::vector<float> gemmF32(const float *a, const float *w, int m, int n, int k, 
       y[(size_t)r * n + o] = activate((float)(acc + (bias ? bias[o] : 0.f)), act);
     }
   return y;
+}
+
+void rmsNorm(float *x, int rows, int ld, int cols, const float *w, float eps, int act) {
+  for (int r = 0; r < rows; r++) {
+    float *xr = x + (size_t)r * ld;
+    double s = 0;
+    for (int i = 0; i < cols; i++) s += (double)xr[i] * xr[i];
+    const double rr = 1.0 / std::sqrt(s / cols + eps);
+    for (int i = 0; i < cols; i++) xr[i] = activate((float)(xr[i] * rr * w[i]), act);
+  }
 }
 
 std::vector<float> linearAttention(const std::vector<float> &q, const std::vector<float> &k, const std::vector<float> &v,
@@ -225,13 +243,8 @@ std::vector<float> forward(const HostDit &dit, const SanaDitInputs &in, int mode
   const auto c1 = gemmF32(in.encoder_hidden_states, f("caption_projection.linear_1.weight"), B * L, D, c.caption_channels,
                           f("caption_projection.linear_1.bias"), 3);
   const auto c2 = gemmF32(c1.data(), f("caption_projection.linear_2.weight"), B * L, D, D, f("caption_projection.linear_2.bias"), 0);
-  std::vector<float> y(c2.size());
-  for (int r = 0; r < B * L; r++) {
-    double s = 0;
-    for (int i = 0; i < D; i++) s += (double)c2[(size_t)r * D + i] * c2[(size_t)r * D + i];
-    const double rr = 1.0 / std::sqrt(s / D + sana::kCaptionNormEps);
-    for (int i = 0; i < D; i++) y[(size_t)r * D + i] = (float)(c2[(size_t)r * D + i] * rr * f("caption_norm.weight")[i]);
-  }
+  std::vector<float> y = c2;
+  rmsNorm(y.data(), B * L, D, D, f("caption_norm.weight"), sana::kCaptionNormEps, 0);
   const std::vector<float> bias = sana::maskBias(in.encoder_attention_mask, B * L);
 
   for (int i = 0; i < c.num_layers; i++) {
@@ -242,17 +255,25 @@ std::vector<float> forward(const HostDit &dit, const SanaDitInputs &in, int mode
     auto modPart = [&](int k) { return mod.data() + (size_t)k * D; };
     // self-attention
     Emitted h1 = emit(normModulate(x.data(), M, D, true, c.norm_eps, nullptr, nullptr, modPart(0), modPart(1), 6 * D, N), M, D, kind);
-    const auto q = layer(h1, blk + "attn1.to_q", D, c.attention_bias);
-    const auto k = layer(h1, blk + "attn1.to_k", D, c.attention_bias);
+    auto q = layer(h1, blk + "attn1.to_q", D, c.attention_bias);
+    auto k = layer(h1, blk + "attn1.to_k", D, c.attention_bias);
     const auto v = layer(h1, blk + "attn1.to_v", D, c.attention_bias);
+    if (c.qk_norm) {
+      rmsNorm(q.data(), M, D, D, f(blk + "attn1.norm_q.weight"), c.qk_norm_eps, 0);
+      rmsNorm(k.data(), M, D, D, f(blk + "attn1.norm_k.weight"), c.qk_norm_eps, 0);
+    }
     const Emitted a = emit(linearAttention(q, k, v, B, N, c.num_attention_heads, c.attention_head_dim), M, D, kind);
     const auto ao = layer(a, blk + "attn1.to_out.0", D, true);
     for (int r = 0; r < M; r++)
       for (int j = 0; j < D; j++) x[(size_t)r * D + j] += modPart(2)[(size_t)(r / N) * 6 * D + j] * ao[(size_t)r * D + j];
     // cross-attention on the un-normalised stream
     const Emitted xs = emit(x, M, D, kind);
-    const auto cq = layer(xs, blk + "attn2.to_q", Dx, true);
-    const auto ck = gemmF32(y.data(), f(blk + "attn2.to_k.weight"), B * L, Dx, D, f(blk + "attn2.to_k.bias"), 0);
+    auto cq = layer(xs, blk + "attn2.to_q", Dx, true);
+    auto ck = gemmF32(y.data(), f(blk + "attn2.to_k.weight"), B * L, Dx, D, f(blk + "attn2.to_k.bias"), 0);
+    if (c.qk_norm) {
+      rmsNorm(cq.data(), M, Dx, Dx, f(blk + "attn2.norm_q.weight"), c.qk_norm_eps, 0);
+      rmsNorm(ck.data(), B * L, Dx, Dx, f(blk + "attn2.norm_k.weight"), c.qk_norm_eps, 0);
+    }
     const auto cv = gemmF32(y.data(), f(blk + "attn2.to_v.weight"), B * L, Dx, D, f(blk + "attn2.to_v.bias"), 0);
     const Emitted ca = emit(crossAttention(cq, ck, cv, bias.data(), B, N, L, c.num_cross_attention_heads, c.cross_attention_head_dim), M, Dx, kind);
     const auto co = layer(ca, blk + "attn2.to_out.0", D, true);

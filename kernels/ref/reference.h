@@ -15,17 +15,23 @@ struct Emitted {
   std::vector<float> values;   // the row values before rounding
   std::vector<int8_t> q;       // Int8
   std::vector<float> scale;    // Int8: per row
-  std::vector<uint16_t> bf16;  // Bf16
+  std::vector<uint16_t> bf16;  // Bf16: the high part
+  std::vector<uint16_t> bf16Lo;  // Bf16: the low part (simt::bf16_low_part)
 };
 
 std::vector<float> normModulate(const float *x, int rows, int cols, bool normalize, float eps, const float *lnWeight,
                                 const float *lnBias, const float *shift, const float *scale, int modBatchStride,
                                 int rowsPerBatch);
 Emitted emit(std::vector<float> values, int rows, int cols, Emit kind);
-/** y[M,N] = act(x · Wᵀ + b) with the activation and weight rounded as `x.kind` says (int8: the recipe's W8A8). */
+/**
+ * y[M,N] = act(x · Wᵀ + b) with the activation and weight rounded as `x.kind` says (int8: the recipe's W8A8; bf16: both
+ * split into hi + lo, summing hi·hi + hi·lo + lo·hi as the split-bf16 GEMM does).
+ */
 std::vector<float> linear(const Emitted &x, const sana::QuantizedWeight *wq, const float *w, int n, const float *bias,
                           int act);
 std::vector<float> gemmF32(const float *a, const float *w, int m, int n, int k, const float *bias, int act);
+/** RMSNorm with weight over each row of `cols` values (rows `ld` apart), in place, then `act`. */
+void rmsNorm(float *x, int rows, int ld, int cols, const float *w, float eps, int act);
 /** ReLU(Q)·(ReLU(K)ᵀ[V 1]) per sample and head, numerator / (ones column + eps); q, k, v [M, heads·d]. */
 std::vector<float> linearAttention(const std::vector<float> &q, const std::vector<float> &k, const std::vector<float> &v,
                                    int batch, int tokens, int heads, int d);

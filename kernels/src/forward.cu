@@ -16,16 +16,18 @@
 namespace sana {
 namespace {
 
-/** A block GEMM weight on the device: int8 values + per-row scales, or bf16. */
+/** A block GEMM weight on the device: int8 values + per-row scales, or split bf16 (weightLo empty when every weight
+ * is a bf16 number already, as in a bf16 checkpoint). */
 struct DeviceLinear {
-  Buffer weight, scales, bias;
+  Buffer weight, weightLo, scales, bias;
   int rows = 0, cols = 0;
 };
 
 struct DeviceBlock {
   Buffer scaleShiftTable, norm2Weight, norm2Bias, crossK, crossKBias, crossV, crossVBias, convDepth, convDepthBias;
+  Buffer normQ, normK, crossNormQ, crossNormK;  // qk_norm only
   DeviceLinear qkv, attnOut, crossQ, crossOut, inverted, point;
-  int qkvQCols = 0;
+  int qkvQCols = 0;  // the fused layout's Q columns; 0 for the plain [Q; K; V] layout of qk_norm configs
 };
 
 
@@ -70,13 +72,20 @@ DeviceLinear buildLinear(const HostDit &h, const std::vector<std::pair<const std
     out.weight = upload(values.data(), values.size());
     out.scales = upload(scales);
   } else {
-    std::vector<uint16_t> values((size_t)out.rows * cols, 0);
+    std::vector<uint16_t> hi((size_t)out.rows * cols, 0), lo((size_t)out.rows * cols, 0);
+    bool anyLo = false;
     for (int r = 0; r < out.rows; r++) {
       if (!rowsOf[r].first) continue;
       const float *w = h.get(*rowsOf[r].first + ".weight").data() + (size_t)rowsOf[r].second * cols;
-      for (int c = 0; c < cols; c++) values[(size_t)r * cols + c] = simt::f32_to_bf16(w[c]);
+      for (int c = 0; c < cols; c++) {
+        const size_t i = (size_t)r * cols + c;
+        hi[i] = simt::f32_to_bf16(w[c]);
+        lo[i] = simt::bf16_low_part(w[c], hi[i]);
+        anyLo |= lo[i] != 0;
+      }
     }
-    out.weight = upload(values.data(), values.size() * 2);
+    out.weight = upload(hi.data(), hi.size() * 2);
+    if (anyLo) out.weightLo = upload(lo.data(), lo.size() * 2);
   }
   if (anyBias) {
     for (int r = 0; r < out.rows; r++)
@@ -96,13 +105,17 @@ DeviceLinear plainLinear(const HostDit &h, const std::string &key, int rows, int
 /**
  * The fused QKV weight: Q rows padded to a multiple of the 64-column tile, then per tile 64 / (2d) heads laid out
  * [k_h | v_h], so each K/V tile holds whole heads and the linear-attention state is reduced inside the GEMM.
+ * qk_norm configs normalize K over its whole row before the ReLU, so there the rows stay [Q; K; V] and the state is
+ * a separate pass (linear_attention_state).
  */
 DeviceBlock buildBlock(const HostDit &h, int i, const std::vector<std::string> &keys) {
   const SanaDitConfig &c = h.c;
   const int D = h.inner(), d = c.attention_head_dim, heads = c.num_attention_heads;
   const std::string &q = keys[0], &k = keys[1], &v = keys[2];
-  const std::vector<int> layout = qkvRowLayout(D, heads, d);
-  const int qCols = roundUp(D, kTileN);
+  std::vector<int> layout(3 * D);
+  for (int r = 0; r < 3 * D; r++) layout[r] = r;
+  if (!c.qk_norm) layout = qkvRowLayout(D, heads, d);
+  const int qCols = c.qk_norm ? 0 : roundUp(D, kTileN);
   std::vector<std::pair<const std::string *, int>> rowsOf(layout.size(), {nullptr, 0});
   for (size_t r = 0; r < layout.size(); r++) {
     const int src = layout[r];
@@ -131,22 +144,29 @@ DeviceBlock buildBlock(const HostDit &h, int i, const std::vector<std::string> &
   b.crossVBias = upload(h.get(blk + "attn2.to_v.bias"));
   b.convDepth = upload(h.get(blk + "ff.conv_depth.weight"));
   b.convDepthBias = upload(h.get(blk + "ff.conv_depth.bias"));
+  if (c.qk_norm) {
+    b.normQ = upload(h.get(blk + "attn1.norm_q.weight"));
+    b.normK = upload(h.get(blk + "attn1.norm_k.weight"));
+    b.crossNormQ = upload(h.get(blk + "attn2.norm_q.weight"));
+    b.crossNormK = upload(h.get(blk + "attn2.norm_k.weight"));
+  }
   return b;
 }
 
-/** Activations emitted for a block GEMM: int8 + per-row scale, or bf16. */
+/** Activations emitted for a block GEMM: int8 + per-row scale, or split bf16 (values = hi, valuesLo = lo). */
 struct ActBuffer {
-  Buffer values, scales, scratch;
+  Buffer values, valuesLo, scales, scratch;
   int cols = 0;
   RowOut out(bool int8) const {
     return RowOut{int8 ? Emit::Int8 : Emit::Bf16, values.as<int8_t>(), scales.as<float>(), values.as<uint16_t>(),
-                  nullptr, cols};
+                  valuesLo.as<uint16_t>(), nullptr, cols};
   }
 };
 
-ActBuffer actBuffer(int rows, int cols) {
+ActBuffer actBuffer(int rows, int cols, bool int8) {
   ActBuffer a;
-  a.values = Buffer((size_t)rows * cols * 2);
+  a.values = Buffer((size_t)rows * cols * (int8 ? 1 : 2));
+  if (!int8) a.valuesLo = Buffer((size_t)rows * cols * 2);
   a.scales = Buffer((size_t)rows * sizeof(float));
   a.scratch = Buffer((size_t)rows * cols * sizeof(float));
   a.cols = cols;
@@ -193,13 +213,14 @@ class Forward {
     Buffer c1((size_t)B * L * D * 4), c2((size_t)B * L * D * 4), y((size_t)B * L * D * 4);
     gemmF32(caption, B * L, c.caption_channels, "caption_projection.linear_1", Act::GeluTanh, c1);
     gemmF32(c1, B * L, D, "caption_projection.linear_2", Act::None, c2);
-    SIMT_LAUNCH(rms_norm, B * L, kBlockThreads, s_, c2.as<float>(), dit_.f32.at("caption_norm.weight").as<float>(), D, kCaptionNormEps, y.as<float>());
+    SIMT_LAUNCH(rms_norm, B * L, kBlockThreads, s_, c2.as<float>(), D, dit_.f32.at("caption_norm.weight").as<float>(), D, kCaptionNormEps, Act::None,
+                y.as<float>());
 
     // per-block work buffers
     Buffer mod((size_t)B * 6 * D * 4), q((size_t)M * D * 4), kv((size_t)B * D * (c.attention_head_dim + 1) * 4);
     Buffer cq((size_t)M * Dx * 4), ck((size_t)B * L * Dx * 4), cv((size_t)B * L * Dx * 4), co((size_t)M * Dx * 4);
-    Buffer u((size_t)M * 2 * F * 4);
-    ActBuffer actD = actBuffer(M, D), actDx = actBuffer(M, Dx), actF = actBuffer(M, F);
+    Buffer u((size_t)M * 2 * F * 4), qkvRows = c.qk_norm ? Buffer((size_t)M * 3 * D * 4) : Buffer();
+    ActBuffer actD = actBuffer(M, D, int8), actDx = actBuffer(M, Dx, int8), actF = actBuffer(M, F, int8);
 
     for (int i = 0; i < c.num_layers; i++) {
       const DeviceBlock &blk = dit_.blocks[i];
@@ -208,17 +229,37 @@ class Forward {
       // 1. x += gate_msa · out(LinearAttention(norm1(x)))
       normEmit(x, M, D, NormModulate{true, c.norm_eps, nullptr, nullptr, m, m + D, 6 * D, N}, actD.out(int8), actD.scratch);
       deviceZero(kv.ptr, kv.bytes, s_);
-      GemmEpilogue qkv{};
-      qkv.bias = blk.qkv.bias.as<float>();
-      qkv.out = q.as<float>();
-      qkv.ldo = D;
-      qkv.rowsPerBatch = N;
-      qkv.qCols = blk.qkvQCols;
-      qkv.kv = kv.as<float>();
-      qkv.heads = c.num_attention_heads;
-      qkv.headDim = c.attention_head_dim;
-      gemm<Epi::QkvLinearAttention>(actD, blk.qkv, M, qkv);
-      SIMT_LAUNCH(linear_attention_divide, M, kBlockThreads, s_, q.as<float>(), kv.as<float>(), M, c.num_attention_heads,
+      const float *reluQ = q.as<float>();
+      int ldq = D;
+      if (c.qk_norm) {
+        // Q, K, V rows to memory, RMSNorm over the whole Q and K widths (+ ReLU), then the state in its own pass
+        GemmEpilogue qkv{};
+        qkv.bias = blk.qkv.bias.as<float>();
+        qkv.out = qkvRows.as<float>();
+        qkv.ldo = 3 * D;
+        qkv.rowsPerBatch = N;
+        gemm<Epi::Store>(actD, blk.qkv, M, qkv);
+        float *rows = qkvRows.as<float>();
+        rmsNorm(rows, M, 3 * D, blk.normQ, D, Act::Relu);
+        rmsNorm(rows + D, M, 3 * D, blk.normK, D, Act::Relu);
+        SIMT_LAUNCH(linear_attention_state, dim3(B * c.num_attention_heads, ceilDiv(N, kStateTokensPerBlock)), kBlockThreads, s_,
+                    rows + D, rows + 2 * D, 3 * D, N, c.num_attention_heads, c.attention_head_dim, kv.as<float>());
+        checkLaunch("linear_attention_state");
+        reluQ = rows;
+        ldq = 3 * D;
+      } else {
+        GemmEpilogue qkv{};
+        qkv.bias = blk.qkv.bias.as<float>();
+        qkv.out = q.as<float>();
+        qkv.ldo = D;
+        qkv.rowsPerBatch = N;
+        qkv.qCols = blk.qkvQCols;
+        qkv.kv = kv.as<float>();
+        qkv.heads = c.num_attention_heads;
+        qkv.headDim = c.attention_head_dim;
+        gemm<Epi::QkvLinearAttention>(actD, blk.qkv, M, qkv);
+      }
+      SIMT_LAUNCH(linear_attention_divide, M, kBlockThreads, s_, reluQ, ldq, kv.as<float>(), M, c.num_attention_heads,
                   c.attention_head_dim, N, actD.out(int8), actD.scratch.as<float>());
       checkLaunch("linear_attention_divide");
       gemm<Epi::GateResidual>(actD, blk.attnOut, M, residual(blk.attnOut, x, D, m + 2 * D, 6 * D, N));
@@ -232,6 +273,10 @@ class Forward {
       gemm<Epi::Store>(actD, blk.crossQ, M, store);
       gemmF32Raw(y.as<float>(), B * L, D, blk.crossK.as<float>(), Dx, blk.crossKBias.as<float>(), Act::None, ck.as<float>());
       gemmF32Raw(y.as<float>(), B * L, D, blk.crossV.as<float>(), Dx, blk.crossVBias.as<float>(), Act::None, cv.as<float>());
+      if (c.qk_norm) {
+        rmsNorm(cq.as<float>(), M, Dx, blk.crossNormQ, Dx, Act::None);
+        rmsNorm(ck.as<float>(), B * L, Dx, blk.crossNormK, Dx, Act::None);
+      }
       const int headsPerBlock = kBlockThreads / 32;
       SIMT_LAUNCH(cross_attention, dim3(M, ceilDiv(c.num_cross_attention_heads, headsPerBlock)), kBlockThreads, s_, cq.as<float>(),
                   ck.as<float>(), cv.as<float>(), mask.as<float>(), M, c.num_cross_attention_heads, c.cross_attention_head_dim, L, N, co.as<float>());
@@ -257,7 +302,7 @@ class Forward {
     // final: norm_out modulated by (table + tEmb), proj_out, unpatchify
     Buffer fmod((size_t)B * 2 * D * 4), xf((size_t)M * D * 4);
     SIMT_LAUNCH(modulation_table, ceilDiv(B * 2 * D, 256), 256, s_, dit_.f32.at("scale_shift_table").as<float>(), tEmb.as<float>(), B, 2, D, D, 0, fmod.as<float>());
-    RowOut f32out{Emit::F32, nullptr, nullptr, nullptr, xf.as<float>(), D};
+    RowOut f32out{Emit::F32, nullptr, nullptr, nullptr, nullptr, xf.as<float>(), D};
     normEmit(x, M, D, NormModulate{true, kFinalNormEps, nullptr, nullptr, fmod.as<float>(), fmod.as<float>() + D, 2 * D, N}, f32out, Buffer());
     const int pc = p * p * c.out_channels;
     Buffer tokens((size_t)M * pc * 4), image((size_t)B * c.out_channels * in_.height * in_.width * 4);
@@ -291,6 +336,11 @@ class Forward {
     const int n = (int)(w.bytes / 4 / k);
     gemmF32Raw(a.as<float>(), m, k, w.as<float>(), n, dit_.f32.at(key + ".bias").as<float>(), act, out.as<float>());
   }
+  /** qk_norm in place: RMSNorm over `cols` values of each row (rows `ld` apart), then `act`. */
+  void rmsNorm(float *x, int rows, int ld, const Buffer &weight, int cols, Act act) {
+    SIMT_LAUNCH(rms_norm, rows, kBlockThreads, s_, x, ld, weight.as<float>(), cols, h_.c.qk_norm_eps, act, x);
+    checkLaunch("rms_norm");
+  }
   void normEmit(const Buffer &x, int rows, int cols, NormModulate nm, RowOut out, const Buffer &scratch) {
     SIMT_LAUNCH(norm_modulate_emit, rows, kBlockThreads, s_, x.as<float>(), rows, cols, nm, out, scratch.as<float>());
     checkLaunch("norm_modulate_emit");
@@ -312,7 +362,7 @@ class Forward {
     ep.colScale = w.scales.as<float>();
     const dim3 grid(ceilDiv(w.rows, kTileN), ceilDiv(m, kTileM));
     auto kernel = int8 ? gemm_tc<true, kEpi> : gemm_tc<false, kEpi>;
-    SIMT_LAUNCH(kernel, grid, kBlockThreads, s_, a.values.ptr, w.weight.ptr, m, w.rows, w.cols, ep);
+    SIMT_LAUNCH(kernel, grid, kBlockThreads, s_, a.values.ptr, a.valuesLo.ptr, w.weight.ptr, w.weightLo.ptr, m, w.rows, w.cols, ep);
     checkLaunch("gemm_tc");
   }
 };
@@ -357,6 +407,12 @@ std::vector<std::pair<std::string, size_t>> requiredKeys(const HostDit &h) {
     k.push_back({b + "ff.conv_depth.weight", 2 * F * 9});
     k.push_back({b + "ff.conv_depth.bias", 2 * F});
     k.push_back({b + "ff.conv_point.weight", D * F});
+    if (c.qk_norm) {
+      k.push_back({b + "attn1.norm_q.weight", D});
+      k.push_back({b + "attn1.norm_k.weight", D});
+      k.push_back({b + "attn2.norm_q.weight", Dx});
+      k.push_back({b + "attn2.norm_k.weight", Dx});
+    }
   }
   return k;
 }

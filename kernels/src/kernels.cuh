@@ -2,7 +2,8 @@
 //
 // Row convention: activations are token-major [M = batch·tokens, channels], row = b·tokens + y·width + x.
 // Every kernel that feeds a W8A8 GEMM ends by emitting its row as int8 with one scale per token (the shared recipe:
-// s = max|row| / 127, q = round-half-even(v / s) clamped to ±127), or as bf16 in the bf16 reference mode.
+// s = max|row| / 127, q = round-half-even(v / s) clamped to ±127), or in the bf16 mode as split bf16: the row as two
+// bf16 planes hi = bf16(v), lo = bf16(v − hi) (simt::bf16_low_part), which the GEMM multiplies as three bf16 products.
 #pragma once
 #include <vector>
 
@@ -16,12 +17,13 @@ constexpr float kInt8Max = 127.0f;
 
 enum class Emit : int { Int8 = 0, Bf16 = 1, F32 = 2 };
 
-/** Where a row-producing kernel writes its output: int8 + per-row scale, bf16, or fp32. */
+/** Where a row-producing kernel writes its output: int8 + per-row scale, split bf16 (hi and lo planes), or fp32. */
 struct RowOut {
   Emit kind;
   int8_t *q;
   float *scale;
   uint16_t *bf16;
+  uint16_t *bf16Lo;
   float *f32;
   int ld;
 };
@@ -83,7 +85,11 @@ SIMT_DEVICE void emit_row(const float *scratch, int cols, float absMax, int row,
       out.q[(size_t)row * out.ld + c] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
     }
   } else if (out.kind == Emit::Bf16) {
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) out.bf16[(size_t)row * out.ld + c] = simt::f32_to_bf16(scratch[c]);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+      const uint16_t hi = simt::f32_to_bf16(scratch[c]);
+      out.bf16[(size_t)row * out.ld + c] = hi;
+      out.bf16Lo[(size_t)row * out.ld + c] = simt::bf16_low_part(scratch[c], hi);
+    }
   }
 }
 
@@ -128,10 +134,13 @@ __global__ void norm_modulate_emit(const float *__restrict__ x, int rows, int co
   emit_row(sr, cols, absMax, row, out);
 }
 
-// ---- (b) W8A8 / bf16 GEMM on tensor cores with fused epilogues ----
+// ---- (b) W8A8 / split-bf16 GEMM on tensor cores with fused epilogues ----
 // C[M,N] = A[M,K] · B[N,K]ᵀ (A row-major activations, B the checkpoint's [out, in] weight as it is: the "col"
 // operand of mma.row.col). Block tile 64×64, 64 bytes of K per stage (int8: 2 × k32 steps; bf16: 2 × k16 steps),
 // 4 warps each 32×32 = 2 (m16) × 4 (n8) mma tiles.
+// bf16 is error-compensated ("3xTF32" with bf16 halves): each operand comes as hi + lo planes and the fp32
+// accumulator takes A_hi·B_hi + A_hi·B_lo + A_lo·B_hi (A_lo·B_lo, ≤ 2^-18 relative, is dropped). B_lo is null when
+// the weights are bf16 numbers already (a bf16 checkpoint): then its product is zero and skipped.
 constexpr int kTileM = 64, kTileN = 64, kTileKBytes = 64, kSmemStride = kTileKBytes + 16;  // +16: conflict-free
 
 enum class Epi : int { Store = 0, GateResidual = 1, QkvLinearAttention = 2 };
@@ -187,14 +196,49 @@ inline std::vector<int> qkvRowLayout(int inner, int heads, int headDim) {
   return rows;
 }
 
+/** A warp's A fragments (2 m16 tiles) and B fragments (4 n8 tiles) of one 32-byte K step from the shared tiles. */
+SIMT_DEVICE void load_fragments_a(uint32_t (&a)[2][4], const unsigned char (*tile)[kSmemStride], int wm, int ks, int g, int tig) {
+  SIMT_UNROLL
+  for (int mi = 0; mi < 2; mi++) {
+    const int r = wm + mi * 16 + g;
+    a[mi][0] = *(const uint32_t *)&tile[r][ks + tig * 4];
+    a[mi][1] = *(const uint32_t *)&tile[r + 8][ks + tig * 4];
+    a[mi][2] = *(const uint32_t *)&tile[r][ks + 16 + tig * 4];
+    a[mi][3] = *(const uint32_t *)&tile[r + 8][ks + 16 + tig * 4];
+  }
+}
+SIMT_DEVICE void load_fragments_b(uint32_t (&b)[4][2], const unsigned char (*tile)[kSmemStride], int wn, int ks, int g, int tig) {
+  SIMT_UNROLL
+  for (int ni = 0; ni < 4; ni++) {
+    const int n = wn + ni * 8 + g;
+    b[ni][0] = *(const uint32_t *)&tile[n][ks + tig * 4];
+    b[ni][1] = *(const uint32_t *)&tile[n][ks + 16 + tig * 4];
+  }
+}
+template <bool kInt8, class Acc>
+SIMT_DEVICE void mma_warp_tile(Acc (&acc)[2][4][4], const uint32_t (&a)[2][4], const uint32_t (&b)[4][2]) {
+  SIMT_UNROLL
+  for (int mi = 0; mi < 2; mi++)
+    SIMT_UNROLL
+    for (int ni = 0; ni < 4; ni++) {
+      if constexpr (kInt8) simt::mma_s8(acc[mi][ni], a[mi], b[ni]);
+      else simt::mma_bf16(acc[mi][ni], a[mi], b[ni]);
+    }
+}
+
+/** aLo / bLo: the bf16 low planes (bf16 mode; bLo may be null), null in int8 mode. */
 template <bool kInt8, Epi kEpi>
-__global__ void __launch_bounds__(kBlockThreads, 4) gemm_tc(const void *__restrict__ aPtr, const void *__restrict__ bPtr,
+__global__ void __launch_bounds__(kBlockThreads, 4) gemm_tc(const void *__restrict__ aPtr, const void *__restrict__ aLoPtr,
+                                                         const void *__restrict__ bPtr, const void *__restrict__ bLoPtr,
                                                          int M, int N, int K, GemmEpilogue ep) {
   using Acc = typename std::conditional<kInt8, int32_t, float>::type;
+  constexpr int kLoRows = kInt8 ? 1 : kTileM;  // the low-part tiles exist in the bf16 instantiation only
   __shared__ __align__(16) unsigned char As[kTileM][kSmemStride];
   __shared__ __align__(16) unsigned char Bs[kTileN][kSmemStride];
-  const unsigned char *A = (const unsigned char *)aPtr;
-  const unsigned char *B = (const unsigned char *)bPtr;
+  __shared__ __align__(16) unsigned char AsLo[kLoRows][kSmemStride];
+  __shared__ __align__(16) unsigned char BsLo[kLoRows][kSmemStride];
+  const unsigned char *A = (const unsigned char *)aPtr, *ALo = (const unsigned char *)aLoPtr;
+  const unsigned char *B = (const unsigned char *)bPtr, *BLo = (const unsigned char *)bLoPtr;
   const int rowBytes = kInt8 ? K : 2 * K;
   const int m0 = blockIdx.y * kTileM, n0 = blockIdx.x * kTileN;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
@@ -211,31 +255,26 @@ __global__ void __launch_bounds__(kBlockThreads, 4) gemm_tc(const void *__restri
   for (int kb = 0; kb < rowBytes; kb += kTileKBytes) {
     load_tile(As, A, M, rowBytes, m0, kb);
     load_tile(Bs, B, N, rowBytes, n0, kb);
+    if constexpr (!kInt8) {
+      load_tile(AsLo, ALo, M, rowBytes, m0, kb);
+      if (BLo) load_tile(BsLo, BLo, N, rowBytes, n0, kb);
+    }
     __syncthreads();
     SIMT_UNROLL
     for (int ks = 0; ks < kTileKBytes; ks += 32) {
       uint32_t a[2][4], b[4][2];
-      SIMT_UNROLL
-      for (int mi = 0; mi < 2; mi++) {
-        const int r = wm + mi * 16 + g;
-        a[mi][0] = *(const uint32_t *)&As[r][ks + tig * 4];
-        a[mi][1] = *(const uint32_t *)&As[r + 8][ks + tig * 4];
-        a[mi][2] = *(const uint32_t *)&As[r][ks + 16 + tig * 4];
-        a[mi][3] = *(const uint32_t *)&As[r + 8][ks + 16 + tig * 4];
-      }
-      SIMT_UNROLL
-      for (int ni = 0; ni < 4; ni++) {
-        const int n = wn + ni * 8 + g;
-        b[ni][0] = *(const uint32_t *)&Bs[n][ks + tig * 4];
-        b[ni][1] = *(const uint32_t *)&Bs[n][ks + 16 + tig * 4];
-      }
-      SIMT_UNROLL
-      for (int mi = 0; mi < 2; mi++)
-        SIMT_UNROLL
-        for (int ni = 0; ni < 4; ni++) {
-          if constexpr (kInt8) simt::mma_s8(acc[mi][ni], a[mi], b[ni]);
-          else simt::mma_bf16(acc[mi][ni], a[mi], b[ni]);
+      load_fragments_a(a, As, wm, ks, g, tig);
+      load_fragments_b(b, Bs, wn, ks, g, tig);
+      mma_warp_tile<kInt8>(acc, a, b);
+      if constexpr (!kInt8) {
+        if (BLo) {  // A_hi·B_lo
+          uint32_t bLo[4][2];
+          load_fragments_b(bLo, BsLo, wn, ks, g, tig);
+          mma_warp_tile<kInt8>(acc, a, bLo);
         }
+        load_fragments_a(a, AsLo, wm, ks, g, tig);  // A_lo·B_hi
+        mma_warp_tile<kInt8>(acc, a, b);
+      }
     }
     __syncthreads();
   }
@@ -344,10 +383,10 @@ __global__ void __launch_bounds__(256) gemm_f32(const float *__restrict__ A, con
 }
 
 // ---- (c) linear attention: ReLU(Q)·KV divided by the ones column + eps, then emitted for the out projection ----
-__global__ void linear_attention_divide(const float *__restrict__ q, const float *__restrict__ kv, int rows, int heads,
+__global__ void linear_attention_divide(const float *__restrict__ q, int ldq, const float *__restrict__ kv, int rows, int heads,
                                         int headDim, int rowsPerBatch, RowOut out, float *__restrict__ scratch) {
   const int row = blockIdx.x, cols = heads * headDim, d = headDim;
-  const float *qr = q + (size_t)row * cols;  // ReLU'd by the QKV epilogue
+  const float *qr = q + (size_t)row * ldq;  // ReLU'd by the QKV epilogue (or by the qk-norm pass)
   const float *kvb = kv + (size_t)(row / rowsPerBatch) * heads * d * (d + 1);
   float *sr = scratch + (size_t)row * cols;
   float absMax = 0.f;
@@ -366,6 +405,28 @@ __global__ void linear_attention_divide(const float *__restrict__ q, const float
   }
   (void)rows;
   emit_row(sr, cols, absMax, row, out);
+}
+
+/**
+ * The linear-attention state without the fused epilogue (qk_norm configs, whose K needs its whole row normalized
+ * before ReLU): kv[b, h, i, j] += Σ_n ReLU(K)[n, h·d+i] · [V 1][n, h·d+j] over one chunk of a sample's tokens per
+ * block (grid: batch·heads × token chunks); k is ReLU'd already, kv zeroed before.
+ */
+constexpr int kStateTokensPerBlock = 256;
+
+__global__ void linear_attention_state(const float *__restrict__ k, const float *__restrict__ v, int ld, int tokens,
+                                       int heads, int headDim, float *__restrict__ kv) {
+  const int b = blockIdx.x / heads, h = blockIdx.x % heads, d = headDim;
+  const int n0 = blockIdx.y * kStateTokensPerBlock, n1 = n0 + kStateTokensPerBlock < tokens ? n0 + kStateTokensPerBlock : tokens;
+  for (int ij = threadIdx.x; ij < d * (d + 1); ij += blockDim.x) {
+    const int i = ij / (d + 1), j = ij % (d + 1);
+    float sum = 0.f;
+    for (int n = n0; n < n1; n++) {
+      const size_t row = ((size_t)b * tokens + n) * ld + h * d;
+      sum += k[row + i] * (j < d ? v[row + j] : 1.f);
+    }
+    atomicAdd(&kv[(((size_t)b * heads + h) * d + i) * (d + 1) + j], sum);
+  }
 }
 
 // ---- (d) Mix-FFN: depthwise 3×3 (+bias) over SiLU(inverted conv), GLU value·SiLU(gate), emitted for conv_point ----
@@ -440,13 +501,15 @@ __global__ void __launch_bounds__(kBlockThreads) cross_attention(const float *__
 }
 
 // ---- small elementwise kernels of the edges ----
-__global__ void rms_norm(const float *__restrict__ x, const float *__restrict__ w, int cols, float eps, float *__restrict__ y) {
+/** RMSNorm with weight, then `act`, one block per row of `cols` values (rows `ld` apart); y may be x (each thread
+ * rewrites only the elements it read). */
+__global__ void rms_norm(const float *x, int ld, const float *__restrict__ w, int cols, float eps, Act act, float *y) {
   const int row = blockIdx.x;
-  const float *xr = x + (size_t)row * cols;
+  const float *xr = x + (size_t)row * ld;
   float s = 0.f;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c] * xr[c];
   const float r = rsqrtf(block_sum(s) / cols + eps);
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) y[(size_t)row * cols + c] = xr[c] * r * w[c];
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) y[(size_t)row * ld + c] = activate(xr[c] * r * w[c], act);
 }
 
 /** y[i] = act(x[i]) over n elements. */

@@ -72,7 +72,8 @@ Buffer up(const std::vector<float> &v) { return upload(v); }
 void testNormModulate() {
   const int rows = 7, cols = 45, perBatch = 3;  // 3 samples, the last one short
   const auto x = randn(rows * cols, 2.f), w = randn(cols), b = randn(cols), mod = randn(3 * 2 * cols, 0.5f);
-  Buffer dx = up(x), dw = up(w), db = up(b), dm = up(mod), q(rows * cols * 2), s(rows * 4), scratch(rows * cols * 4), f(rows * cols * 4);
+  Buffer dx = up(x), dw = up(w), db = up(b), dm = up(mod), q(rows * cols * 2), qLo(rows * cols * 2), s(rows * 4), scratch(rows * cols * 4),
+      f(rows * cols * 4);
   for (bool normalize : {true, false}) {
     const float *shift = normalize ? dm.as<float>() : nullptr, *scale = normalize ? dm.as<float>() + cols : nullptr;
     NormModulate nm{normalize, 1e-6f, normalize ? dw.as<float>() : nullptr, normalize ? db.as<float>() : nullptr, shift, scale, 2 * cols, perBatch};
@@ -80,30 +81,44 @@ void testNormModulate() {
                                         normalize ? mod.data() : nullptr, normalize ? mod.data() + cols : nullptr, 2 * cols, perBatch);
     const std::string tag = normalize ? "norm+modulate" : "row as is";
     SIMT_LAUNCH(norm_modulate_emit, rows, kBlockThreads, nullptr, dx.as<float>(), rows, cols, nm,
-                (RowOut{Emit::F32, nullptr, nullptr, nullptr, f.as<float>(), cols}), scratch.as<float>());
+                (RowOut{Emit::F32, nullptr, nullptr, nullptr, nullptr, f.as<float>(), cols}), scratch.as<float>());
     expectClose("(a) " + tag + " → fp32 [7×45]", download<float>(f, rows * cols), want, 1e-5);
     SIMT_LAUNCH(norm_modulate_emit, rows, kBlockThreads, nullptr, dx.as<float>(), rows, cols, nm,
-                (RowOut{Emit::Int8, q.as<int8_t>(), s.as<float>(), nullptr, nullptr, cols}), scratch.as<float>());
+                (RowOut{Emit::Int8, q.as<int8_t>(), s.as<float>(), nullptr, nullptr, nullptr, cols}), scratch.as<float>());
     expectInt8Rows("(a) " + tag + " → int8 per token", download<int8_t>(q, rows * cols), download<float>(s, rows),
                    ref::emit(want, rows, cols, ref::Emit::Int8));
     SIMT_LAUNCH(norm_modulate_emit, rows, kBlockThreads, nullptr, dx.as<float>(), rows, cols, nm,
-                (RowOut{Emit::Bf16, nullptr, nullptr, q.as<uint16_t>(), nullptr, cols}), scratch.as<float>());
-    const auto bf = download<uint16_t>(q, rows * cols);
-    std::vector<float> got(bf.size()), wantBf(bf.size());
+                (RowOut{Emit::Bf16, nullptr, nullptr, q.as<uint16_t>(), qLo.as<uint16_t>(), nullptr, cols}), scratch.as<float>());
+    const auto hi = download<uint16_t>(q, rows * cols), lo = download<uint16_t>(qLo, rows * cols);
+    std::vector<float> got(hi.size()), gotHi(hi.size()), wantHi(hi.size());
     const auto e = ref::emit(want, rows, cols, ref::Emit::Bf16);
-    for (size_t i = 0; i < bf.size(); i++) got[i] = simt::bf16_to_f32(bf[i]), wantBf[i] = simt::bf16_to_f32(e.bf16[i]);
-    expectClose("(a) " + tag + " → bf16", got, wantBf, 8e-3);
+    for (size_t i = 0; i < hi.size(); i++) {
+      got[i] = simt::bf16_to_f32(hi[i]) + simt::bf16_to_f32(lo[i]);
+      gotHi[i] = simt::bf16_to_f32(hi[i]), wantHi[i] = simt::bf16_to_f32(e.bf16[i]);
+    }
+    expectClose("(a) " + tag + " → bf16 high part", gotHi, wantHi, 8e-3);
+    // hi + lo keeps 16 significant bits: 2^-17 of each value, and the fp32 row itself differs from the double one
+    expectClose("(a) " + tag + " → split bf16 hi + lo", got, want, 1e-5);
   }
 }
 
-/** One GEMM case: activations emitted by the reference, the device computes with the same bytes. */
+/** The bf16 planes of an emitted matrix on the device. */
+Buffer uploadBf16(const std::vector<uint16_t> &v) { return upload(v.data(), v.size() * 2); }
+
+/**
+ * One GEMM case: activations emitted by the reference, the device computes with the same bytes. bf16: split
+ * operands; `bf16Weights` rounds the weights to bf16 first (a bf16 checkpoint: no weight low plane, two products).
+ */
 template <Epi kEpi>
-void gemmCase(bool int8, int M, int N, int K, int perBatch, Act act, const std::string &what) {
-  const auto a = randn((size_t)M * K), w = randn((size_t)N * K, 0.2f), bias = randn(N), gate = randn((size_t)ceilDiv(M, perBatch) * N);
+void gemmCase(bool int8, int M, int N, int K, int perBatch, Act act, const std::string &what, bool bf16Weights = false) {
+  const auto a = randn((size_t)M * K), bias = randn(N), gate = randn((size_t)ceilDiv(M, perBatch) * N);
+  auto w = randn((size_t)N * K, 0.2f);
+  if (bf16Weights)
+    for (auto &v : w) v = simt::bf16_to_f32(simt::f32_to_bf16(v));
   const auto x0 = randn((size_t)M * N);
   const ref::Emitted ea = ref::emit(a, M, K, int8 ? ref::Emit::Int8 : ref::Emit::Bf16);
   QuantizedWeight wq;
-  Buffer dw, dws;
+  Buffer dw, dwLo, dws, daLo;
   if (int8) {
     const ref::Emitted ew = ref::emit(w, N, K, ref::Emit::Int8);  // per output channel = per row of W
     wq = QuantizedWeight{ew.q, ew.scale, N, K};
@@ -111,9 +126,11 @@ void gemmCase(bool int8, int M, int N, int K, int perBatch, Act act, const std::
     dws = upload(ew.scale);
   } else {
     const ref::Emitted ew = ref::emit(w, N, K, ref::Emit::Bf16);
-    dw = upload(ew.bf16.data(), ew.bf16.size() * 2);
+    dw = uploadBf16(ew.bf16);
+    if (!bf16Weights) dwLo = uploadBf16(ew.bf16Lo);
+    daLo = uploadBf16(ea.bf16Lo);
   }
-  Buffer da = int8 ? upload(ea.q.data(), ea.q.size()) : upload(ea.bf16.data(), ea.bf16.size() * 2);
+  Buffer da = int8 ? upload(ea.q.data(), ea.q.size()) : uploadBf16(ea.bf16);
   Buffer das = int8 ? upload(ea.scale) : Buffer(4), db = up(bias), dg = up(gate), out = up(x0);
   GemmEpilogue ep{};
   ep.rowScale = das.as<float>();
@@ -126,12 +143,19 @@ void gemmCase(bool int8, int M, int N, int K, int perBatch, Act act, const std::
   ep.gateBatchStride = N;
   ep.rowsPerBatch = perBatch;
   auto kernel = int8 ? gemm_tc<true, kEpi> : gemm_tc<false, kEpi>;
-  SIMT_LAUNCH(kernel, dim3(ceilDiv(N, kTileN), ceilDiv(M, kTileM)), kBlockThreads, nullptr, da.ptr, dw.ptr, M, N, K, ep);
-  auto want = ref::linear(ea, int8 ? &wq : nullptr, w.data(), N, bias.data(), kEpi == Epi::Store ? (int)act : 0);
-  if (kEpi == Epi::GateResidual)
-    for (int r = 0; r < M; r++)
-      for (int c = 0; c < N; c++) want[(size_t)r * N + c] = x0[(size_t)r * N + c] + gate[(size_t)(r / perBatch) * N + c] * want[(size_t)r * N + c];
-  expectClose(what, download<float>(out, (size_t)M * N), want, int8 ? 2e-6 : 2e-5);
+  SIMT_LAUNCH(kernel, dim3(ceilDiv(N, kTileN), ceilDiv(M, kTileM)), kBlockThreads, nullptr, da.ptr, daLo.ptr, dw.ptr, dwLo.ptr, M, N, K, ep);
+  const auto tail = [&](std::vector<float> y) {
+    if (kEpi == Epi::GateResidual)
+      for (int r = 0; r < M; r++)
+        for (int c = 0; c < N; c++) y[(size_t)r * N + c] = x0[(size_t)r * N + c] + gate[(size_t)(r / perBatch) * N + c] * y[(size_t)r * N + c];
+    return y;
+  };
+  const int refAct = kEpi == Epi::Store ? (int)act : 0;
+  const auto got = download<float>(out, (size_t)M * N);
+  expectClose(what, got, tail(ref::linear(ea, int8 ? &wq : nullptr, w.data(), N, bias.data(), refAct)), int8 ? 2e-6 : 2e-5);
+  // split bf16 against unrounded fp32: each operand within 2^-18 relative, the dropped lo·lo product 2^-18, summed
+  // over K terms of both signs (relative to the largest output, not to each term)
+  if (!int8) expectClose(what + " vs fp32", got, tail(ref::gemmF32(a.data(), w.data(), M, N, K, bias.data(), refAct)), 1e-4);
 }
 
 void testGemm() {
@@ -141,6 +165,7 @@ void testGemm() {
     gemmCase<Epi::Store>(int8, 129, 64, 256, 129, Act::Silu, t + "store+SiLU M129 N64 K256 (vector loads)");
     gemmCase<Epi::GateResidual>(int8, 75, 40, 64, 25, Act::None, t + "gate×residual M75 N40 K64, 3 samples");
   }
+  gemmCase<Epi::Store>(false, 70, 72, 100, 70, Act::None, "(b) bf16 store, bf16 weights (no weight low plane)", true);
 }
 
 /** QKV GEMM with ReLU + the fused K/V state, then the divide kernel, against the reference linear attention. */
@@ -157,8 +182,8 @@ void testLinearAttention(bool int8, int batch, int tokens, int heads, int d) {
       for (int c = 0; c < D; c++) fused[(size_t)r * D + c] = src[(size_t)(layout[r] % D) * D + c];
     }
   const ref::Emitted ew = ref::emit(fused, N, D, int8 ? ref::Emit::Int8 : ref::Emit::Bf16);
-  Buffer da = int8 ? upload(ea.q.data(), ea.q.size()) : upload(ea.bf16.data(), ea.bf16.size() * 2);
-  Buffer dw = int8 ? upload(ew.q.data(), ew.q.size()) : upload(ew.bf16.data(), ew.bf16.size() * 2);
+  Buffer da = int8 ? upload(ea.q.data(), ea.q.size()) : uploadBf16(ea.bf16), daLo = int8 ? Buffer() : uploadBf16(ea.bf16Lo);
+  Buffer dw = int8 ? upload(ew.q.data(), ew.q.size()) : uploadBf16(ew.bf16), dwLo = int8 ? Buffer() : uploadBf16(ew.bf16Lo);
   Buffer das = int8 ? upload(ea.scale) : Buffer(4), dws = int8 ? upload(ew.scale) : Buffer(4);
   Buffer q((size_t)M * D * 4), kv((size_t)batch * heads * d * (d + 1) * 4), out((size_t)M * D * 4), scratch((size_t)M * D * 4);
   deviceZero(kv.ptr, kv.bytes, nullptr);
@@ -173,9 +198,9 @@ void testLinearAttention(bool int8, int batch, int tokens, int heads, int d) {
   ep.heads = heads;
   ep.headDim = d;
   auto kernel = int8 ? gemm_tc<true, Epi::QkvLinearAttention> : gemm_tc<false, Epi::QkvLinearAttention>;
-  SIMT_LAUNCH(kernel, dim3(N / kTileN, ceilDiv(M, kTileM)), kBlockThreads, nullptr, da.ptr, dw.ptr, M, N, D, ep);
-  SIMT_LAUNCH(linear_attention_divide, M, kBlockThreads, nullptr, q.as<float>(), kv.as<float>(), M, heads, d, tokens,
-              (RowOut{Emit::F32, nullptr, nullptr, nullptr, nullptr, D}), scratch.as<float>());
+  SIMT_LAUNCH(kernel, dim3(N / kTileN, ceilDiv(M, kTileM)), kBlockThreads, nullptr, da.ptr, daLo.ptr, dw.ptr, dwLo.ptr, M, N, D, ep);
+  SIMT_LAUNCH(linear_attention_divide, M, kBlockThreads, nullptr, q.as<float>(), D, kv.as<float>(), M, heads, d, tokens,
+              (RowOut{Emit::F32, nullptr, nullptr, nullptr, nullptr, nullptr, D}), scratch.as<float>());
   // reference: the same rounded operands through separate Q, K, V layers
   QuantizedWeight qw{ew.q, ew.scale, N, D};
   const auto all = ref::linear(ea, int8 ? &qw : nullptr, fused.data(), N, nullptr, 0);  // [M, N] in the fused order
@@ -196,12 +221,49 @@ void testLinearAttention(bool int8, int batch, int tokens, int heads, int d) {
               ref::linearAttention(rq, rk, rv, batch, tokens, heads, d), 1e-4);
 }
 
+/**
+ * qk_norm's path: [Q K V] rows, RMSNorm + ReLU in place over the whole Q and K widths, the state in its own pass
+ * (token chunks of several blocks per sample), the divide reading Q with the row stride 3D.
+ */
+void testQkNormLinearAttention(int batch, int tokens, int heads, int d) {
+  const int D = heads * d, M = batch * tokens;
+  const float normEps = 1e-5f;
+  const auto rows = randn((size_t)M * 3 * D), wq = randn(D, 0.5f), wk = randn(D, 0.5f);
+  Buffer dr = up(rows), dwq = up(wq), dwk = up(wk), kv((size_t)batch * heads * d * (d + 1) * 4), out((size_t)M * D * 4), scratch((size_t)M * D * 4);
+  deviceZero(kv.ptr, kv.bytes, nullptr);
+  float *r = dr.as<float>();
+  SIMT_LAUNCH(rms_norm, M, kBlockThreads, nullptr, r, 3 * D, dwq.as<float>(), D, normEps, Act::Relu, r);
+  SIMT_LAUNCH(rms_norm, M, kBlockThreads, nullptr, r + D, 3 * D, dwk.as<float>(), D, normEps, Act::Relu, r + D);
+  SIMT_LAUNCH(linear_attention_state, dim3(batch * heads, ceilDiv(tokens, kStateTokensPerBlock)), kBlockThreads, nullptr, r + D, r + 2 * D,
+              3 * D, tokens, heads, d, kv.as<float>());
+  SIMT_LAUNCH(linear_attention_divide, M, kBlockThreads, nullptr, r, 3 * D, kv.as<float>(), M, heads, d, tokens,
+              (RowOut{Emit::F32, nullptr, nullptr, nullptr, nullptr, nullptr, D}), scratch.as<float>());
+  std::vector<float> rq((size_t)M * D), rk((size_t)M * D), rv((size_t)M * D);
+  for (int m = 0; m < M; m++)
+    for (int c = 0; c < D; c++) {
+      rq[(size_t)m * D + c] = rows[(size_t)m * 3 * D + c];
+      rk[(size_t)m * D + c] = rows[(size_t)m * 3 * D + D + c];
+      rv[(size_t)m * D + c] = rows[(size_t)m * 3 * D + 2 * D + c];
+    }
+  ref::rmsNorm(rq.data(), M, D, D, wq.data(), normEps, 0);
+  ref::rmsNorm(rk.data(), M, D, D, wk.data(), normEps, 0);
+  std::vector<float> rqRelu(rq.size());
+  for (size_t i = 0; i < rq.size(); i++) rqRelu[i] = rq[i] > 0 ? rq[i] : 0;
+  auto qGot = download<float>(dr, (size_t)M * 3 * D);
+  std::vector<float> qNormed((size_t)M * D);
+  for (int m = 0; m < M; m++)
+    for (int c = 0; c < D; c++) qNormed[(size_t)m * D + c] = qGot[(size_t)m * 3 * D + c];
+  const std::string tag = "B" + std::to_string(batch) + " N" + std::to_string(tokens) + " h" + std::to_string(heads) + " d" + std::to_string(d);
+  expectClose("qk_norm RMSNorm + ReLU in place, row stride 3D " + tag, qNormed, rqRelu, 1e-5);
+  expectClose("qk_norm state pass + divide " + tag, download<float>(scratch, (size_t)M * D), ref::linearAttention(rq, rk, rv, batch, tokens, heads, d), 1e-4);
+}
+
 void testDwconvGlu() {
   const int B = 2, H = 3, W = 5, F = 37, M = B * H * W;
   const auto u = randn((size_t)M * 2 * F), w = randn((size_t)2 * F * 9, 0.4f), b = randn(2 * F);
   Buffer du = up(u), dw = up(w), db = up(b), q((size_t)M * F * 2), s(M * 4), scratch((size_t)M * F * 4);
   SIMT_LAUNCH(dwconv_glu_emit, M, kBlockThreads, nullptr, du.as<float>(), dw.as<float>(), db.as<float>(), M, H, W, F,
-              (RowOut{Emit::Int8, q.as<int8_t>(), s.as<float>(), nullptr, nullptr, F}), scratch.as<float>());
+              (RowOut{Emit::Int8, q.as<int8_t>(), s.as<float>(), nullptr, nullptr, nullptr, F}), scratch.as<float>());
   const auto want = ref::dwconvGlu(u, w.data(), b.data(), B, H, W, F);
   expectClose("(d) depthwise 3×3 + GLU(SiLU) B2 3×5 F37", download<float>(scratch, (size_t)M * F), want, 1e-5);
   expectInt8Rows("(d) … emitted int8 per token", download<int8_t>(q, (size_t)M * F), download<float>(s, M), ref::emit(want, M, F, ref::Emit::Int8));
@@ -266,6 +328,8 @@ int main() {
     testLinearAttention(int8, 3, 25, 2, 32);  // one head per tile
     testLinearAttention(int8, 1, 70, 5, 8);   // 4 heads per tile, last tile half empty, two row tiles
   }
+  testQkNormLinearAttention(2, 37, 3, 8);
+  testQkNormLinearAttention(2, 300, 2, 16);  // two token chunks per sample
   testDwconvGlu();
   testCrossAttention(2, 7, 13, 3, 12);
   testCrossAttention(1, 3, 300, 5, 8);  // the caption limit, a partly idle last warp group

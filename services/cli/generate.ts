@@ -236,7 +236,7 @@ export function addGenerateOptions(command: Command): Command {
     .option('--no-chi', 'turn off the complex human instruction prefix')
     .option('--threads <n>', 'ONNX Runtime threads per model (default: all cores)')
     .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').choices([...PRECISIONS]).default('fp32'))
-    .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused INT8 kernels)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
+    .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused kernels: W8A8 with --precision int8, split bf16 with fp32; env SANA_CUDA_MODE=int8|bf16 overrides)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
     .option('--server <address>', 'call Generate on a running gateway (e.g. 127.0.0.1:50051 from `sana serve all`) instead of loading the model here')
     .option('--token <token>', 'bearer token for --server (default: SANA_AUTH_TOKEN)')
     .addOption(new Option('--tls-ca <file>', 'PEM CA that signed the server certificate: call --server over TLS').env('SANA_TLS_CA'))

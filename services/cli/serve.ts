@@ -418,7 +418,7 @@ export function registerServe(program: Command): void {
     .addOption(new Option('--batch-rows <n>', `denoiser: rows per step-level batched forward (a guided image is 2; 0: batching off)`).env('SANA_BATCH_ROWS').argParser(nonNegativeInt).default(DEFAULT_BATCH_ROWS))
     .addOption(new Option('--batch-wait-ms <n>', 'denoiser: milliseconds an idle batcher waits for more requests before its first forward').env('SANA_BATCH_WAIT_MS').argParser(nonNegativeInt).default(0))
     .addOption(new Option('--precision <p>', 'text encoder and denoiser arithmetic: W8A8 int8 or fp32 (the decoder runs fp32)').env('SANA_PRECISION').choices([...PRECISIONS]).default('fp32'))
-    .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused INT8 kernels)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
+    .addOption(new Option('--device <device>', 'denoiser transformer engine: cpu (ONNX Runtime) or cuda (fused kernels: W8A8 with --precision int8, split bf16 with fp32; env SANA_CUDA_MODE=int8|bf16 overrides)').env('SANA_DEVICE').choices([...DEVICES]).default('cpu'))
     .addOption(new Option('--tls-cert <file>', 'PEM certificate chain: serve TLS on every gRPC port (and, with --tls-ca, present it to the stages for mutual TLS)').env('SANA_TLS_CERT'))
     .addOption(new Option('--tls-key <file>', 'PEM private key of --tls-cert').env('SANA_TLS_KEY'))
     .addOption(new Option('--tls-client-ca <file>', 'PEM CA: require client certificates signed by it (mutual TLS)').env('SANA_TLS_CLIENT_CA'))

@@ -3,7 +3,12 @@
 //
 //   int8  W8A8 on tensor cores with the shared recipe (services/common/int8-recipe.ts): the weights are quantized here,
 //         once, and handed to the addon as int8 values + per-output-channel scales; activations per token on device.
-//   bf16  the same kernels with bf16 tensor-core GEMMs and no int8: the accuracy reference on a GPU.
+//   bf16  the accuracy reference on a GPU: the same kernels with error-compensated ("split") bf16 tensor-core GEMMs and
+//         no int8. Each GEMM operand x is carried as hi = bf16(x) and lo = bf16(x − hi) (16 significant bits,
+//         |x − hi − lo| ≤ 2^-18·|x|), and the fp32 accumulator takes hi·hi + hi·lo + lo·hi (lo·lo, ≤ 2^-18, dropped):
+//         three mma.sync products per tile, two when the checkpoint's weights are bf16 numbers already (their lo is
+//         zero). Plain bf16 operands cannot meet the 1e-3 bound: rounding only tiny-a's fp32 weights to bf16 already
+//         moves its output by 1.44e-3.
 //
 // The addon is build/kernels/cuda/sana_kernels.node (npm run kernels:build); SANA_CUDA_ADDON points at another build,
 // e.g. build/kernels/emu/sana_kernels.node, the same kernels run by the CPU SIMT emulation (how this is tested here).
@@ -14,22 +19,37 @@ import { fileURLToPath } from 'node:url';
 import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { ConfigError } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
-import { DIT_INT8_LAYERS, INT8_MAX, quantizeWeight } from '../common/int8-recipe.ts';
+import { DIT_INT8_LAYERS, INT8_MAX, type Precision, quantizeWeight } from '../common/int8-recipe.ts';
 import { Checkpoint } from '../common/safetensors.ts';
 import { type HostTensor, tensor } from '../common/tensor.ts';
-import { type DitInputs, ditDims, ditTensorShapes, type LinearDitConfig, loadLinearDitConfig, PosEmbedTables, validateDitInputs } from './linear-dit.ts';
+import { type DitInputs, ditDims, ditTensorShapes, type LinearDitConfig, loadLinearDitConfig, PosEmbedTables, QK_NORM_EPS, validateDitInputs } from './linear-dit.ts';
 
 export const CUDA_MODES = ['int8', 'bf16'] as const;
 export type CudaMode = (typeof CUDA_MODES)[number];
 
 /**
- * Parity limits of the backend against fp32 (max |ours − ref| / max |ref|), derived from the arithmetic:
+ * The backend's arithmetic for `--precision` with `--device cuda`: an explicit `cudaMode`, else SANA_CUDA_MODE, else
+ * int8 → int8 (W8A8) and fp32 → bf16 (the backend's accuracy reference: there are no fp32 tensor-core GEMMs).
+ */
+export function resolveCudaMode(precision: Precision = 'fp32', cudaMode?: CudaMode, env: NodeJS.ProcessEnv = process.env): CudaMode {
+  if (cudaMode) return cudaMode;
+  const fromEnv = env.SANA_CUDA_MODE;
+  if (fromEnv !== undefined && fromEnv !== '') {
+    if (!(CUDA_MODES as readonly string[]).includes(fromEnv)) throw new Error(`SANA_CUDA_MODE must be one of ${CUDA_MODES.join(', ')}, got "${fromEnv}"`);
+    return fromEnv as CudaMode;
+  }
+  return precision === 'int8' ? 'int8' : 'bf16';
+}
+
+/**
+ * Parity limits of the backend against fp32 (max |ours − ref| / max |ref|):
  *   int8  rounding to the nearest of 127 steps per row moves each GEMM operand by at most 0.5/127 of its row maximum,
  *         both operands 2 · 0.5/127 = 7.9e-3; a block's residual branches chain two such GEMMs (QKV → out,
  *         inverted → point): 2 · 7.9e-3.
- *   bf16  8 significant bits: each rounded operand moves by at most 2^-9 relative, both operands 2^-8.
+ *   bf16  the issue's 1e-3. The split operands' own bound is far below it (3 · 2^-18 per product, ~1e-5 measured per
+ *         GEMM in the kernel tests); what remains is fp32 summation order and device intrinsics.
  */
-export const PARITY_LIMITS: Record<CudaMode, number> = { int8: 2 * ((2 * 0.5) / INT8_MAX), bf16: 2 ** -8 };
+export const PARITY_LIMITS: Record<CudaMode, number> = { int8: 2 * ((2 * 0.5) / INT8_MAX), bf16: 1e-3 };
 
 /** The kernels' cross-attention keeps one caption's scores in shared memory. */
 export const MAX_CAPTION_TOKENS = 300;
@@ -117,7 +137,6 @@ export class CudaLinearDit {
   static async load(dir: string, options: CudaDitOptions = {}): Promise<CudaLinearDit> {
     const configFile = path.join(dir, 'config.json');
     const c = loadLinearDitConfig(configFile);
-    if (c.qk_norm !== null) throw new ConfigError(configFile, `key "qk_norm" = "${c.qk_norm}" is not supported by the CUDA backend yet; use --device cpu`);
     if (![8, 16, 32].includes(c.attention_head_dim)) {
       throw new ConfigError(configFile, `key "attention_head_dim" = ${c.attention_head_dim} is not supported by the CUDA backend (8, 16 or 32)`);
     }
@@ -153,6 +172,8 @@ export class CudaLinearDit {
         attention_bias: Number(c.attention_bias),
         norm_elementwise_affine: Number(c.norm_elementwise_affine),
         pos_embed: Number(c.interpolation_scale !== null),
+        qk_norm: Number(c.qk_norm !== null), // loadLinearDitConfig admits only "rms_norm_across_heads"
+        qk_norm_eps: QK_NORM_EPS,
       },
       mode === 'bf16' ? 1 : 0,
       options.keepHostCopy ?? false,

@@ -63,7 +63,7 @@ export type LinearDitConfig = z.infer<typeof LinearDitConfig>;
 
 const TIMESTEP_CHANNELS = 256; // Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)
 const CAPTION_NORM_EPS = 1e-5;
-const QK_NORM_EPS = 1e-5; // Attention's default eps, used by its RMSNorm qk-norm
+export const QK_NORM_EPS = 1e-5; // Attention's default eps, used by its RMSNorm qk-norm
 const FINAL_NORM_EPS = 1e-6;
 const MASK_BIAS = -10000; // diffusers turns the 0/1 caption mask into (1-m)·-10000, not -inf
 

@@ -9,7 +9,7 @@ import type { DenoiseContext, DenoiseRequest, DenoiserInfo, DenoiserStage, Forwa
 import { firstNonFinite, type HostTensor } from '../common/tensor.ts';
 import { ConfigError } from '../common/config.ts';
 import { type FlowDpmSolverSettings, loadSchedulerSettings, schedulerConfigFile, validateStepCount } from './flow-dpm-solver.ts';
-import { CudaLinearDit, type CudaMode } from './cuda-backend.ts';
+import { CudaLinearDit, type CudaMode, resolveCudaMode } from './cuda-backend.ts';
 import type { Device } from './device.ts';
 import { type DitInputs, LinearDit, type LinearDitConfig } from './linear-dit.ts';
 import { type BatchingOptions, DenoiseJob, StepBatcher } from './step-batcher.ts';
@@ -27,7 +27,8 @@ export interface LocalDenoiserOptions extends SessionOptions, PrecisionOptions {
   batching?: BatchingOptions;
   /** cpu: ONNX Runtime (default); cuda: the kernels/ addon */
   device?: Device;
-  /** the CUDA backend's arithmetic: int8 (W8A8, default) or bf16 (its accuracy reference) */
+  /** the CUDA backend's arithmetic: int8 (W8A8) or bf16 (its accuracy reference); default from SANA_CUDA_MODE, else
+   *  from `precision` (resolveCudaMode) */
   cudaMode?: CudaMode;
 }
 
@@ -54,7 +55,8 @@ export class LocalDenoiser implements DenoiserStage {
     }
     const { batching, device = 'cpu', cudaMode, ...session } = options;
     const transformerDir = path.join(modelDir, 'transformer');
-    const transformer = device === 'cuda' ? await CudaLinearDit.load(transformerDir, { mode: cudaMode }) : await LinearDit.load(transformerDir, session);
+    const transformer =
+      device === 'cuda' ? await CudaLinearDit.load(transformerDir, { mode: resolveCudaMode(session.precision, cudaMode) }) : await LinearDit.load(transformerDir, session);
     return new LocalDenoiser(transformer, settings, batching);
   }
 
