@@ -19,14 +19,19 @@ export async function run(argv: string[]): Promise<void> {
     .option('--repeats <n>', 'timed forwards per resolution (after one warm-up)', '3')
     .option('--precision <list>', 'fp32 | int8, comma-separated (int8 comes with fp32 rows)', 'fp32')
     .option('--smooth <alpha>', 'int8 SmoothQuant α (off when absent)')
+    .option('--outliers <ratio>', 'int8: split input channels above ratio × the median channel max out to fp32 (off when absent)')
     .option('--activations <g>', 'int8 activation scales: per-tensor | per-token')
     .option('--json', 'one JSON object per row')
     .parse(argv, { from: 'user' })
-    .opts<{ preset: string; res: string; batch: string; repeats: string; precision: string; smooth?: string; activations?: 'per-tensor' | 'per-token'; json?: boolean }>();
+    .opts<{ preset: string; res: string; batch: string; repeats: string; precision: string; smooth?: string; outliers?: string; activations?: 'per-tensor' | 'per-token'; json?: boolean }>();
   const batch = Number(opts.batch);
   const resolutions = opts.res.split(',').map(Number);
   const precisions = benchPrecisions(opts.precision);
-  const int8 = { ...(opts.smooth !== undefined && { smoothAlpha: Number(opts.smooth) }), ...(opts.activations && { activations: opts.activations }) };
+  const int8 = {
+    ...(opts.smooth !== undefined && { smoothAlpha: Number(opts.smooth) }),
+    ...(opts.outliers !== undefined && { outlierRatio: Number(opts.outliers) }),
+    ...(opts.activations && { activations: opts.activations }),
+  };
 
   const dir = path.join(cachedRandomCheckpoint(opts.preset), 'transformer');
   const models: LinearDit[] = [];

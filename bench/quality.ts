@@ -182,6 +182,7 @@ export async function run(argv: string[]): Promise<void> {
     .option('--vae <dir>', 'vae/ folder for models without one')
     .option('--precision <p>', 'precision compared with fp32', 'int8')
     .option('--smooth <alpha>', 'SmoothQuant α (off when absent)')
+    .option('--outliers <ratio>', 'split input channels above ratio × the median channel max out to fp32 (off when absent)')
     .option('--activations <g>', `int8 activation scales of both models: ${ACTIVATION_GRANULARITIES.join(' | ')} (default: each model's own)`)
     .option('--steps <n>', 'denoising steps', '20')
     .option('--seed <n>', 'noise seed', '0')
@@ -190,10 +191,11 @@ export async function run(argv: string[]): Promise<void> {
     .option('--latent <n>', "latent side (default: the transformer's sample_size)")
     .option('--json', 'one JSON object per row')
     .parse(argv, { from: 'user' })
-    .opts<{ preset: string; model?: string; vae?: string; precision: string; smooth?: string; activations?: string; steps: string; seed: string; guidance: string; maxSequenceLength: string; latent?: string; json?: boolean }>();
+    .opts<{ preset: string; model?: string; vae?: string; precision: string; smooth?: string; outliers?: string; activations?: string; steps: string; seed: string; guidance: string; maxSequenceLength: string; latent?: string; json?: boolean }>();
   const precision = parsePrecision(opts.precision, '--precision');
   const int8: Partial<Int8Options> = {};
   if (opts.smooth !== undefined) int8.smoothAlpha = Number(opts.smooth);
+  if (opts.outliers !== undefined) int8.outlierRatio = Number(opts.outliers);
   if (opts.activations !== undefined) int8.activations = opts.activations as ActivationGranularity;
   const modelDir = opts.model ?? cachedRandomCheckpoint(opts.preset);
   const rows = await qualityReport({
@@ -214,6 +216,7 @@ export async function run(argv: string[]): Promise<void> {
     precision,
     activations,
     smooth,
+    outliers: int8.outlierRatio ?? 'off',
     stage: r.stage,
     step: r.step ?? '',
     timestep: r.timestep ?? '',

@@ -28,6 +28,12 @@
 //                forwards of the model on seeded noise latents and captions at five timesteps); W·diag(f) is folded
 //                into the weights before quantization and X·diag(1/f) is one Mul per group of layers that read the
 //                same activation (q, k and v share one). The text encoder has no smoothing.
+//   outliers     optional (Int8Options.outlierRatio; off by default; CPU graphs only): the mixed-precision split of
+//                LLM.int8(). Input channels whose calibrated max|X| exceeds outlierRatio × the median channel's are
+//                taken out of the int8 GEMM (their weight columns zeroed before quantization, their activations
+//                zeroed by the same Mul as the smoothing) and run as an fp32 GEMM over those few channels, added to
+//                the int8 result. Smoothing alone spreads a ×50 channel's range over weights and activations;
+//                the split keeps it out of both scales. Calibrated like smoothing, with it or alone.
 //
 // Quantized layers (checkpoint key suffixes below); everything else stays fp32: patch embedding, timestep and
 // caption embeddings, adaLN tables, norms, the final projection, the depthwise conv, the linear-attention KV state
@@ -81,6 +87,8 @@ export const CPU_ACTIVATION_GRANULARITY: Record<Int8Model, ActivationGranularity
 export interface Int8Options {
   /** SmoothQuant migration strength α in [0, 1]; null switches smoothing off. */
   smoothAlpha: number | null;
+  /** input channels above this multiple of the median channel's calibrated max|X| run in fp32; null: off */
+  outlierRatio: number | null;
   /** dynamic activation scales: one per tensor (CPU fast path) or one per token (row) */
   activations: ActivationGranularity;
 }
@@ -100,8 +108,9 @@ export function parsePrecision(value: string, field = 'precision'): Precision {
 
 /** The int8 options a model's graph compiles with, complete and checked (they are part of the compile-cache key). */
 export function resolveInt8Options(model: Int8Model, partial: Partial<Int8Options> = {}): Int8Options {
-  const o = { smoothAlpha: null, activations: CPU_ACTIVATION_GRANULARITY[model], ...partial };
+  const o = { smoothAlpha: null, outlierRatio: null, activations: CPU_ACTIVATION_GRANULARITY[model], ...partial };
   if (o.smoothAlpha !== null && !(o.smoothAlpha >= 0 && o.smoothAlpha <= 1)) throw new Error(`int8 smoothAlpha must be in [0, 1] or null, got ${o.smoothAlpha}`);
+  if (o.outlierRatio !== null && !(o.outlierRatio > 1)) throw new Error(`int8 outlierRatio must be > 1 or null, got ${o.outlierRatio}`);
   if (!ACTIVATION_GRANULARITIES.includes(o.activations)) throw new Error(`int8 activations must be one of ${ACTIVATION_GRANULARITIES.join(', ')}, got ${o.activations}`);
   return o;
 }
@@ -181,6 +190,17 @@ export function smoothingFactors(activationAbsMax: Float32Array, weightAbsMaxPer
     f[i] = a > 0 && w > 0 ? Math.max(1e-5, Math.fround(a ** alpha / w ** (1 - alpha))) : 1;
   }
   return f;
+}
+
+/** Input channels whose max |X| exceeds ratio × the median channel's (the outlier split's channels), ascending. */
+export function outlierChannels(activationAbsMax: Float32Array, ratio: number): number[] {
+  const sorted = Float32Array.from(activationAbsMax).sort();
+  const median = sorted[sorted.length >> 1]!;
+  const out: number[] = [];
+  activationAbsMax.forEach((v, i) => {
+    if (v > ratio * median) out.push(i);
+  });
+  return out;
 }
 
 /** Reference W8A8 GEMM (per-token × per-channel): y = (Xq · Wqᵀ) · s_x[t] · s_w[o] + bias, int32 accumulation. */

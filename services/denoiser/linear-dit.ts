@@ -10,7 +10,8 @@
 //
 // Weights are addressed by the checkpoint's own keys; the graph is compiled once per checkpoint content and precision.
 // Precision int8 runs the block linears of DIT_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts), optionally
-// smoothed with factors calibrated once at compile time; everything else stays fp32.
+// smoothed and with outlier input channels split out to fp32, both calibrated once at compile time; everything else
+// stays fp32.
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
@@ -25,6 +26,7 @@ import {
   type PrecisionOptions,
   resolveInt8Options,
   scaleInputChannels,
+  outlierChannels,
   smoothingFactors,
   weightAbsMaxPerInput,
 } from '../common/int8-recipe.ts';
@@ -188,7 +190,13 @@ export function ditSmoothingGroup(prefix: string): string {
 }
 
 /** How the graph treats the int8 layers: quantized (with smoothing factors per group) or instrumented for calibration. */
-type Int8Plan = { kind: 'quantize'; options: Int8Options; smoothing: Map<string, Float32Array> } | { kind: 'calibrate' };
+type Int8Plan = { kind: 'quantize'; options: Int8Options } & Calibration | { kind: 'calibrate' };
+
+/** What calibration decides per group of int8 layers: smoothing factors and the channels split out to fp32. */
+interface Calibration {
+  smoothing: Map<string, Float32Array>;
+  outliers: Map<string, number[]>;
+}
 
 // ---- the graph ----
 
@@ -198,6 +206,8 @@ class DitGraph {
   readonly dims: ReturnType<typeof ditDims>;
   /** per smoothing group: the smoothed activation (quantize) or the recorded statistic (calibrate) */
   private readonly groupInputs = new Map<string, string>();
+  /** per group with outlier channels: those channels of its input, [M, k] */
+  private readonly groupOutliers = new Map<string, string>();
 
   constructor(
     readonly c: LinearDitConfig,
@@ -229,18 +239,28 @@ class DitGraph {
           this.groupInputs.set(group, absMax);
         }
       } else {
-        let weight = this.weights.read(`${prefix}.weight`);
-        let input = x;
+        const { g } = this;
+        const original = this.weights.read(`${prefix}.weight`);
         const f = this.int8.smoothing.get(group);
-        if (f) {
-          // W·diag(f) into the weight, X·diag(1/f) once per group (shared by q, k, v)
-          weight = scaleInputChannels(weight.slice(), shape[0], inDim, f);
-          if (!this.groupInputs.has(group)) {
-            this.groupInputs.set(group, this.g.mul(x, this.g.weight(`${group}.smooth_inverse`, [inDim], f.map((v) => 1 / v))));
+        const outliers = this.int8.outliers.get(group) ?? [];
+        // W·diag(f) into the weight, X·diag(1/f) once per group (shared by q, k, v); outlier channels are zero in both
+        const weight = f ? scaleInputChannels(original.slice(), shape[0], inDim, f) : outliers.length > 0 ? original.slice() : original;
+        for (let r = 0; r < shape[0]; r++) for (const i of outliers) weight[r * inDim + i] = 0;
+        if ((f || outliers.length > 0) && !this.groupInputs.has(group)) {
+          const inverse = f ? f.map((v) => 1 / v) : new Float32Array(inDim).fill(1);
+          for (const i of outliers) inverse[i] = 0;
+          this.groupInputs.set(group, g.mul(x, g.weight(`${group}.smooth_inverse`, [inDim], inverse)));
+          if (outliers.length > 0) {
+            this.groupOutliers.set(group, g.op('Gather', [x, g.constant(BigInt64Array.from(outliers, BigInt), [outliers.length])], { axis: 1 })); // [M,k]
           }
-          input = this.groupInputs.get(group)!;
         }
-        return this.g.int8Linear(input, prefix, weight, [shape[0], inDim], bias ? this.w(`${prefix}.bias`) : undefined, this.int8.options.activations);
+        const input = this.groupInputs.get(group) ?? x;
+        const y = g.int8Linear(input, prefix, weight, [shape[0], inDim], bias ? this.w(`${prefix}.bias`) : undefined, this.int8.options.activations);
+        if (outliers.length === 0) return y;
+        // the split-out channels in fp32: X[:, O] · W[:, O]ᵀ
+        const columns = new Float32Array(shape[0] * outliers.length);
+        for (let r = 0; r < shape[0]; r++) outliers.forEach((i, j) => (columns[r * outliers.length + j] = original[r * inDim + i]!));
+        return g.add(y, g.op('Gemm', [this.groupOutliers.get(group)!, g.weight(`${prefix}.outlier_columns`, [shape[0], outliers.length], columns)], { transB: 1 }));
       }
     }
     const wName = this.w(`${prefix}.weight`, [shape[0], shape.slice(1).reduce((a, b) => a * b, 1)]);
@@ -492,11 +512,16 @@ export interface DitInputs {
 const CALIBRATION = { latentSize: 16, captionLength: 32, timesteps: [999, 750, 500, 250, 20], seed: 20240521 };
 
 /**
- * SmoothQuant factors per group of int8 layers: max |activation| per input channel from fp32 forwards of the model
- * on seeded noise latents and captions at timesteps across the schedule, max |weight| per input channel over the
- * group's weights, f = smoothingFactors(α). Runs at compile time; the result is part of the compiled graph.
+ * Calibration per group of int8 layers: max |activation| per input channel from fp32 forwards of the model on seeded
+ * noise latents and captions at timesteps across the schedule. With smoothing, max |weight| per input channel over
+ * the group's weights gives f = smoothingFactors(α); with the outlier split, outlierChannels(ratio) picks the
+ * channels that run fp32. Runs at compile time; the result is part of the compiled graph.
  */
-async function calibrateSmoothing(c: LinearDitConfig, ckpt: Checkpoint, out: string, alpha: number): Promise<Map<string, Float32Array>> {
+async function calibrate(c: LinearDitConfig, ckpt: Checkpoint, out: string, options: Int8Options): Promise<Calibration> {
+  const { smoothAlpha: alpha, outlierRatio } = options;
+  const smoothing = new Map<string, Float32Array>();
+  const outliers = new Map<string, number[]>();
+  if (alpha === null && outlierRatio === null) return { smoothing, outliers };
   const dir = path.join(out, 'calibration');
   const modelFile = new DitGraph(c, ckpt, dir, { kind: 'calibrate' }).build();
   const session = await OrtSession.create(modelFile);
@@ -525,6 +550,8 @@ async function calibrateSmoothing(c: LinearDitConfig, ckpt: Checkpoint, out: str
     await session.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
+  if (outlierRatio !== null) for (const [group, act] of activationMax) outliers.set(group, outlierChannels(act, outlierRatio));
+  if (alpha === null) return { smoothing, outliers };
   const shapes = ditTensorShapes(c);
   const weightMax = new Map<string, Float32Array>();
   for (const [key, shape] of shapes) {
@@ -534,9 +561,8 @@ async function calibrateSmoothing(c: LinearDitConfig, ckpt: Checkpoint, out: str
     const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
     weightMax.set(group, weightAbsMaxPerInput(ckpt.readF32(key, shape), shape[0], inDim, weightMax.get(group)));
   }
-  const factors = new Map<string, Float32Array>();
-  for (const [group, act] of activationMax) factors.set(group, smoothingFactors(act, weightMax.get(group)!, alpha));
-  return factors;
+  for (const [group, act] of activationMax) smoothing.set(group, smoothingFactors(act, weightMax.get(group)!, alpha));
+  return { smoothing, outliers };
 }
 
 /** Shape, dtype and finiteness checks of one forward's inputs (INVALID_ARGUMENT naming the field). */
@@ -604,8 +630,8 @@ export class LinearDit {
       { kind: 'linear-dit', inputs: [configFile, ...ckpt.files], options: int8Options ? { precision, ...int8Options } : {}, code },
       async (out) => {
         if (!int8Options) return void new DitGraph(config, ckpt, out).build();
-        const smoothing = int8Options.smoothAlpha === null ? new Map<string, Float32Array>() : await calibrateSmoothing(config, ckpt, out, int8Options.smoothAlpha);
-        new DitGraph(config, ckpt, out, { kind: 'quantize', options: int8Options, smoothing }).build();
+        const calibration = await calibrate(config, ckpt, out, int8Options);
+        new DitGraph(config, ckpt, out, { kind: 'quantize', options: int8Options, ...calibration }).build();
       },
     );
     const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), sessionOptions);

@@ -314,7 +314,9 @@ export class Gemma2Model {
     const ckpt = Checkpoint.open(dir, 'model');
     const prefix = gemma2KeyPrefix(ckpt);
     const int8Options = precision === 'int8' ? resolveInt8Options('text-encoder', int8) : undefined;
-    if (int8Options && int8Options.smoothAlpha !== null) throw new Error('the Gemma-2 int8 graph has no smoothing: leave int8.smoothAlpha null');
+    if (int8Options && (int8Options.smoothAlpha !== null || int8Options.outlierRatio !== null)) {
+      throw new Error('the Gemma-2 int8 graph has no calibration (smoothing, outlier split): leave int8.smoothAlpha and int8.outlierRatio null');
+    }
     const { dir: modelDir, hit } = await cachedCompile(
       {
         kind: 'gemma2',
