@@ -181,7 +181,14 @@ export class LocalTextEncoder implements TextEncoderStage {
       );
     });
 
-    const rows = await Promise.all(keys.map((k) => pending.get(k)!));
+    let rows: CachedEmbedding[];
+    try {
+      rows = await Promise.all(keys.map((k) => pending.get(k)!));
+    } catch (error) {
+      // rows this request shares with another that was cancelled stopped with that one: encode them for this one
+      if (error instanceof CancelledError && !ctx.signal?.aborted) return this.encode(request, ctx);
+      throw error;
+    }
     const hidden = this.model.config.hidden_size;
     const embeds = new Float32Array(rows.length * msl * hidden);
     const mask = new BigInt64Array(rows.length * msl);

@@ -237,6 +237,29 @@ describe('cancelling an encode of several batches', () => {
       await stage.close();
     }
   });
+
+  test('a request waiting for the same rows still gets them (it was answered CANCELLED)', async () => {
+    const abort = new AbortController();
+    const secondLevel = { get: async () => undefined, set: () => abort.abort() };
+    const stage = await LocalTextEncoder.load(tiny, { maxBatch: 1, sharedCache: secondLevel });
+    const reference = await LocalTextEncoder.load(tiny, { cacheBytes: 0 });
+    try {
+      const request = { prompts: ['one', 'two', 'three'], useComplexHumanInstruction: false, maxSequenceLength: 8 };
+      // the first request owns the encode of all three rows and is cancelled after the first batch; the second
+      // starts while they are in flight, so it waits for the same rows
+      const cancelled = stage.encode(request, { signal: abort.signal });
+      const waiting = stage.encode(request, { signal: new AbortController().signal });
+      await expect(cancelled).rejects.toBeInstanceOf(CancelledError);
+      const { embeds, mask } = await waiting;
+      const expected = await reference.encode(request);
+      expect(embeds.dims).toEqual(expected.embeds.dims);
+      expect(maxAbsErr(embeds.data, expected.embeds.data)).toBe(0);
+      expect(Array.from(mask.data)).toEqual(Array.from(expected.mask.data));
+    } finally {
+      await stage.close();
+      await reference.close();
+    }
+  });
 });
 
 describe('the golden pipeline prompt embeddings through the stage', () => {
