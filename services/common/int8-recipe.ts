@@ -36,9 +36,8 @@
 //                the split keeps it out of both scales. Calibrated like smoothing, with it or alone.
 //
 // Quantized layers (checkpoint key suffixes below); everything else stays fp32: patch embedding, timestep and
-// caption embeddings, adaLN tables, norms, the final projection, the depthwise conv, the linear-attention KV state
-// and the cross-attention softmax. The cross-attention K/V projections of the (RMS-normed) caption run W8A8: they are
-// 4% of a 1024 px forward's FLOPs but 10% of its int8 time in fp32, and the quality report shows no measurable loss; in Gemma-2 the token embedding,
+// caption embeddings, adaLN tables, norms, the final projection, the cross-attention K/V over the caption, the
+// depthwise conv, the linear-attention KV state and the cross-attention softmax; in Gemma-2 the token embedding,
 // RMSNorms, RoPE and the attention scores/softmax. The DC-AE decoder runs fp32.
 
 export const PRECISIONS = ['fp32', 'int8'] as const;
@@ -53,8 +52,6 @@ export const DIT_INT8_LAYERS = [
   'attn1.to_v',
   'attn1.to_out.0',
   'attn2.to_q',
-  'attn2.to_k',
-  'attn2.to_v',
   'attn2.to_out.0',
   'ff.conv_inverted',
   'ff.conv_point',
