@@ -2,6 +2,7 @@
 import { InvalidArgumentError as CommanderArgumentError, Option } from 'commander';
 import { InvalidArgumentError } from '../common/errors.ts';
 import { DEFAULT_TILING, type TilingOptions } from '../decoder/tiling.ts';
+import type { Int8Options } from '../common/int8-recipe.ts';
 
 export function positiveInt(value: string): number {
   const n = Number(value);
@@ -24,6 +25,35 @@ export function tilingOptions(): Option[] {
     new Option('--tile-overlap <px>', `pixels neighbouring tiles share and blend (default ${DEFAULT_TILING.overlap})`).env('SANA_TILE_OVERLAP').argParser(nonNegativeInt),
     new Option('--no-tiling', 'decode every image whole: the exact untiled result, with the memory of the whole image at 2K/4K'),
   ];
+}
+
+/** The denoiser's int8 calibration flags of `sana generate` and `sana serve` (they apply with --precision int8). */
+export function int8Options(): Option[] {
+  return [
+    new Option('--int8-smooth <alpha>', 'int8 denoiser: SmoothQuant migration strength in [0, 1], calibrated at compile time (default off)')
+      .env('SANA_INT8_SMOOTH')
+      .argParser(unitInterval),
+    new Option('--int8-outliers <ratio>', 'int8 denoiser: input channels above ratio × the median channel max run fp32 beside the int8 GEMM (default off)')
+      .env('SANA_INT8_OUTLIERS')
+      .argParser(ratioAboveOne),
+  ];
+}
+
+function unitInterval(value: string): number {
+  const n = Number(value);
+  if (!(n >= 0 && n <= 1)) throw new CommanderArgumentError(`expected a number in [0, 1], got "${value}"`);
+  return n;
+}
+
+function ratioAboveOne(value: string): number {
+  const n = Number(value);
+  if (!(n > 1) || !Number.isFinite(n)) throw new CommanderArgumentError(`expected a number > 1, got "${value}"`);
+  return n;
+}
+
+/** The denoiser's int8 options from those flags (only what was given: the rest stays the recipe's default). */
+export function int8FromFlags(opts: { int8Smooth?: number; int8Outliers?: number }): Partial<Int8Options> {
+  return { ...(opts.int8Smooth !== undefined && { smoothAlpha: opts.int8Smooth }), ...(opts.int8Outliers !== undefined && { outlierRatio: opts.int8Outliers }) };
 }
 
 /** Tiling from those flags: false decodes whole; LocalDecoder.load checks the sizes against the VAE. */

@@ -13,7 +13,7 @@ import { channelCredentials } from '../common/grpc-tls.ts';
 import { generateRemote } from '../gateway/client.ts';
 import { generate, type GenerateArgs, type GenerateContext, type GenerateResult, validateGenerateArgs } from '../common/pipeline.ts';
 import { JobsClient } from '../gateway/jobs-client.ts';
-import { tilingFromFlags, tilingOptions } from './args.ts';
+import { int8FromFlags, int8Options, tilingFromFlags, tilingOptions } from './args.ts';
 import { cachedRandomCheckpoint } from './checkpoint.ts';
 
 /** The embedded default: a tiny random-weight pipeline, written once into the cache folder. */
@@ -36,6 +36,8 @@ export interface GenerateOptions {
   out?: string;
   threads?: string;
   precision: Precision;
+  int8Smooth?: number;
+  int8Outliers?: number;
   device: Device;
   server?: string;
   token?: string;
@@ -200,7 +202,7 @@ async function localRunner(opts: GenerateOptions): Promise<{ run: Runner; loadSe
   const loadStart = performance.now();
   // loaded on demand: `sana generate --server` and `sana serve gateway` never load ONNX Runtime, the tokenizer or sharp
   const { loadLocalStages } = await import('./local-stages.ts');
-  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), tiling: tilingFromFlags(opts), precision: opts.precision, device: opts.device });
+  const stages = await loadLocalStages(modelDir, { intraOpThreads: threadsFlag(opts.threads), tiling: tilingFromFlags(opts), precision: opts.precision, int8: int8FromFlags(opts), device: opts.device });
   const run: Runner = (args, ctx) => generate(stages, args, ctx);
   run.close = () => stages.close();
   return { run, loadSeconds: (performance.now() - loadStart) / 1000 };
@@ -255,5 +257,5 @@ export function registerGenerate(program: Command): void {
     .option('--async', 'queue a durable job on the gateway (--server, which runs with --nats) and print its id')
     .option('--key <key>', 'with --async: idempotency key (the same key gives the same job)')
     .action(runGenerate);
-  for (const option of tilingOptions()) generate.addOption(option);
+  for (const option of [...tilingOptions(), ...int8Options()]) generate.addOption(option);
 }

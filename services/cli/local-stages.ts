@@ -36,7 +36,8 @@ export async function loadLocalStages(modelDir: string, options: SessionOptions 
   checkModelDir(modelDir);
   const { tiling, precision, int8, device, ...session } = options;
   // a stage that fails to load closes the ones loaded before it (their workers would keep the process alive)
-  const textEncoder = await LocalTextEncoder.load(modelDir, { ...session, precision, int8 });
+  // the int8 options (smoothing, outlier split, activation scales) are the denoiser's: the text encoder keeps its own
+  const textEncoder = await LocalTextEncoder.load(modelDir, { ...session, precision });
   const denoiser = await LocalDenoiser.load(modelDir, { ...session, precision, int8, device }).catch(closingOnError([textEncoder]));
   // the decoder runs fp32 (see int8-recipe.ts)
   const decoder = await LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling }).catch(closingOnError([textEncoder, denoiser]));

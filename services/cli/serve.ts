@@ -7,7 +7,7 @@ import type { Registry } from 'prom-client';
 import type { AdmissionLimits } from '../common/admission.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
 import { ServiceHost } from '../common/grpc-server.ts';
-import { type Precision, PRECISIONS } from '../common/int8-recipe.ts';
+import { type Int8Options, type Precision, PRECISIONS } from '../common/int8-recipe.ts';
 import { createLogger, type Logger } from '../common/logging.ts';
 import { createRegistry, startMetricsServer, type MetricsServer } from '../common/metrics.ts';
 import { channelCredentials, describeTls, serverCredentials, type TlsFiles } from '../common/grpc-tls.ts';
@@ -26,7 +26,7 @@ import { RemoteStages, type StageAddresses } from '../gateway/remote-stages.ts';
 import { addGenerationService, connectInBackground } from '../gateway/server.ts';
 import { embeddingModelKey, KvEmbeddingCache } from '../text-encoder/shared-cache.ts';
 import { defaultModelDir } from './generate.ts';
-import { describeTiling, nonNegativeInt, positiveInt, tilingFromFlags, tilingOptions } from './args.ts';
+import { describeTiling, int8FromFlags, int8Options, nonNegativeInt, positiveInt, tilingFromFlags, tilingOptions } from './args.ts';
 
 export const ROLES = ['text-encoder', 'denoiser', 'decoder', 'gateway', 'worker', 'all'] as const;
 export type Role = (typeof ROLES)[number];
@@ -69,6 +69,8 @@ export interface ServeConfig {
   batchWaitMs?: number;
   /** arithmetic of the text encoder and denoiser (the decoder runs fp32); default fp32 */
   precision?: Precision;
+  /** the denoiser's int8 calibration (smoothing, outlier split) under precision int8 */
+  int8?: Partial<Int8Options>;
   /** the denoiser's transformer engine: cpu (ONNX Runtime) or cuda (the kernels/ addon) */
   device?: Device;
   /** certificates for TLS / mutual TLS on every gRPC port and the gateway's stage clients; none: plaintext */
@@ -158,7 +160,7 @@ async function startStage(role: StageRole, config: ServeConfig, host: string, po
     role === 'text-encoder'
       ? await serve<TextEncoderStage>('text encoder', addTextEncoderService, () => LocalTextEncoder.load(modelDir, { ...session, ...precision, sharedCache: shared.sharedCache }), warmUpTextEncoder)
       : role === 'denoiser'
-        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, ...precision, batching, device: config.device }), warmUpDenoiser)
+        ? await serve<DenoiserStage>('denoiser', addDenoiserService, () => LocalDenoiser.load(modelDir, { ...session, ...precision, int8: config.int8, batching, device: config.device }), warmUpDenoiser)
         : await serve<DecoderStage>('decoder', addDecoderService, () => LocalDecoder.load(path.join(modelDir, 'vae'), { ...session, tiling: config.tiling }), warmUpDecoder);
   // closing while the model still loads waits for it, so its ONNX Runtime workers do not outlive the service
   return { service, ready, closeModel: async () => (await loading?.catch(() => undefined))?.close?.() };
@@ -369,7 +371,8 @@ function describeConfig(config: ServeConfig, serving: Serving, defaultModel: boo
     const stages = config.role === 'all' ? (['text-encoder', 'denoiser', 'decoder'] as const) : [config.role];
     row('threads', stages.map((s) => `${s} ${stageThreads(s, settings, config.role === 'all')}`).join(', ') + ' (spinning off)');
     row('memory arena', config.memoryArena === false ? 'off' : 'on');
-    row('precision', `${config.precision ?? 'fp32'}${config.role === 'decoder' || config.role === 'all' ? ' (decoder fp32)' : ''}`);
+    const calibration = config.precision === 'int8' ? [config.int8?.smoothAlpha != null && `smoothing α ${config.int8.smoothAlpha}`, config.int8?.outlierRatio != null && `outlier split > ${config.int8.outlierRatio}× median`].filter(Boolean) : [];
+    row('precision', `${config.precision ?? 'fp32'}${calibration.length > 0 ? ` (denoiser: ${calibration.join(', ')})` : ''}${config.role === 'decoder' || config.role === 'all' ? ' (decoder fp32)' : ''}`);
   }
   if (config.role === 'denoiser' || config.role === 'all') row('device', config.device ?? 'cpu');
   if (config.role === 'all' || config.role === 'denoiser') {
@@ -437,7 +440,7 @@ export function registerServe(program: Command): void {
       textEncoder: string[]; denoiser: string[]; decoder: string[]; maxInFlight?: number; maxQueue: number;
       authToken?: string; threads?: number; textEncoderThreads?: number; denoiserThreads?: number; decoderThreads?: number;
       batchRows: number; batchWaitMs: number; shutdownGrace: number; tiling: boolean; tileSize?: number; tileOverlap?: number;
-      precision: Precision; device: Device;
+      precision: Precision; device: Device; int8Smooth?: number; int8Outliers?: number;
       nats?: string; jobConcurrency: number; jobAckWait?: number; jobMaxDeliver?: number; jobResultTtl?: number;
       sharedCacheTtl?: number; sharedCacheMb?: number;
       memoryArena: 'on' | 'off'; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsClientCa?: string;
@@ -462,6 +465,7 @@ export function registerServe(program: Command): void {
         batchRows: opts.batchRows,
         batchWaitMs: opts.batchWaitMs,
         precision: opts.precision,
+        int8: int8FromFlags(opts),
         device: opts.device,
         memoryArena: opts.memoryArena === 'on',
         tls: { cert: opts.tlsCert, key: opts.tlsKey, ca: opts.tlsCa, clientCa: opts.tlsClientCa },
@@ -496,5 +500,5 @@ export function registerServe(program: Command): void {
       if (config.role === 'worker') console.error(`sana serve: ready; worker ${serving.worker?.id} pulling jobs from ${config.nats}`);
       else console.error(`sana serve: ready; ${config.role === 'all' || config.role === 'gateway' ? 'Generation' : config.role} serving on ${serving.address}`);
     });
-  for (const option of tilingOptions()) serve.addOption(option);
+  for (const option of [...tilingOptions(), ...int8Options()]) serve.addOption(option);
 }

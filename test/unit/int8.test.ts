@@ -82,8 +82,8 @@ describe('the W8A8 recipe', () => {
   test('bad precision and options are named', () => {
     expect(() => parsePrecision('int4', '--precision')).toThrow('--precision must be one of fp32, int8, got "int4"');
     expect(() => resolveInt8Options('denoiser', { smoothAlpha: 1.5 })).toThrow('smoothAlpha must be in [0, 1]');
-    expect(resolveInt8Options('denoiser')).toEqual({ smoothAlpha: null, activations: 'per-tensor' });
-    expect(resolveInt8Options('text-encoder')).toEqual({ smoothAlpha: null, activations: 'per-token' });
+    expect(resolveInt8Options('denoiser')).toEqual({ smoothAlpha: null, outlierRatio: null, activations: 'per-tensor' });
+    expect(resolveInt8Options('text-encoder')).toEqual({ smoothAlpha: null, outlierRatio: null, activations: 'per-token' });
   });
 });
 
@@ -94,7 +94,7 @@ const worst = (rows: QualityRow[], stage: string) => {
 };
 
 describe('int8 models against fp32', () => {
-  const report = (modelDir: string, int8: { smoothAlpha?: number } = {}, maxSequenceLength = 300) =>
+  const report = (modelDir: string, int8: { smoothAlpha?: number; outlierRatio?: number } = {}, maxSequenceLength = 300) =>
     qualityReport({ modelDir, precision: { precision: 'int8', int8 }, steps: 20, seed: 0, guidanceScale: 4.5, maxSequenceLength });
 
   test('the tiny pipeline holds the quality report tolerances', async () => {
@@ -126,14 +126,18 @@ describe('int8 models against fp32', () => {
     }
   });
 
-  test('smoothing takes planted ×50 activation outliers into the weights', async () => {
-    // measured: per-step cosine 0.98789 without smoothing, 0.99491 with α = 0.5 (per-tensor activations)
+  test('smoothing and the outlier split take planted ×50 activation outliers out of the int8 scales', async () => {
+    // measured: per-step cosine 0.98789 without either, 0.99491 with α = 0.5, 0.99440 with the split at 8× the median
+    // (per-tensor activations)
     const dir = path.join(root, 'outliers');
     writeRandomCheckpoint('tiny-transformer-outliers', dir);
     const plain = worst(await report(dir, {}, 16), 'denoiser step').cosine;
     const smoothed = worst(await report(dir, { smoothAlpha: 0.5 }, 16), 'denoiser step').cosine;
+    const split = worst(await report(dir, { outlierRatio: 8 }, 16), 'denoiser step').cosine;
     expect(plain).toBeLessThan(0.99);
     expect(smoothed).toBeGreaterThanOrEqual(0.994);
     expect(1 - smoothed).toBeLessThan((1 - plain) / 2);
+    expect(split).toBeGreaterThanOrEqual(0.994);
+    expect(1 - split).toBeLessThan((1 - plain) / 2);
   });
 });
