@@ -55,6 +55,10 @@ export class LocalDenoiser implements DenoiserStage {
     }
     const { batching, device = 'cpu', cudaMode, ...session } = options;
     const transformerDir = path.join(modelDir, 'transformer');
+    if (device === 'cuda' && (session.int8?.smoothAlpha != null || session.int8?.outlierRatio != null || session.int8?.activations !== undefined)) {
+      // the kernels run the recipe's GPU scheme (per-token activations, no calibration): say so rather than ignore it
+      throw new InvalidArgumentError('int8', 'smoothing, the outlier split and the activation granularity are CPU (ONNX Runtime) options; the CUDA backend quantizes activations per token without calibration');
+    }
     const transformer =
       device === 'cuda' ? await CudaLinearDit.load(transformerDir, { mode: resolveCudaMode(session.precision, cudaMode) }) : await LinearDit.load(transformerDir, session);
     return new LocalDenoiser(transformer, settings, batching);

@@ -111,6 +111,11 @@ describe('int8 models against fp32', () => {
     expect(worst(rows, 'latents (pipeline)').psnr).toBeGreaterThanOrEqual(37);
   });
 
+  test('the CPU-only calibration options are refused on the CUDA backend, not ignored', async () => {
+    const dir = path.join(root, 'tiny');
+    await expect(LocalDenoiser.load(dir, { device: 'cuda', precision: 'int8', int8: { outlierRatio: 8 } })).rejects.toThrow('CPU (ONNX Runtime) options');
+  });
+
   test('int8 compiles apart from fp32, reports its precision and reuses its compiled graph', async () => {
     const dir = path.join(root, 'tiny-denoiser');
     writeRandomCheckpoint('tiny', dir, { seed: 1 }); // other weights than the test before: nothing compiled yet
