@@ -25,8 +25,8 @@ import {
   type Precision,
   type PrecisionOptions,
   resolveInt8Options,
-  scaleInputChannels,
   outlierChannels,
+  scaleInputChannels,
   smoothingFactors,
   weightAbsMaxPerInput,
 } from '../common/int8-recipe.ts';
@@ -189,7 +189,7 @@ export function ditSmoothingGroup(prefix: string): string {
   return m && /^attn1\.to_[qkv]$/.test(m[2]!) ? `${m[1]}.attn1.to_qkv` : prefix;
 }
 
-/** How the graph treats the int8 layers: quantized (with smoothing factors per group) or instrumented for calibration. */
+/** How the graph treats the int8 layers: quantized (with the calibration's result per group) or instrumented for calibration. */
 type Int8Plan = { kind: 'quantize'; options: Int8Options } & Calibration | { kind: 'calibrate' };
 
 /** What calibration decides per group of int8 layers: smoothing factors and the channels split out to fp32. */
