@@ -14,6 +14,7 @@ import { CUDA_MODES, CudaLinearDit, PARITY_LIMITS } from '../../services/denoise
 import { type DitInputs, ditTensorShapes, LinearDitConfig } from '../../services/denoiser/linear-dit.ts';
 import { Golden, maxRelErr } from '../../test/parity/golden.ts';
 import { groupsByOutput } from '../../test/parity/stages.ts';
+import { goldenDitInputs } from '../../test/parity/transformer.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -48,14 +49,8 @@ for (const dir of args.golden) {
     try {
       report.backend = dit.description;
       for (const group of groups) {
-        const t = (n: string) => `${group}.${n}`;
-        const inputs: DitInputs = {
-          hiddenStates: tensor(golden.f32(t('hidden_states')), golden.shape(t('hidden_states'))),
-          encoderHiddenStates: tensor(golden.f32(t('encoder_hidden_states')), golden.shape(t('encoder_hidden_states'))),
-          encoderAttentionMask: tensor(golden.i64(t('encoder_attention_mask')), golden.shape(t('encoder_attention_mask'))),
-          timestep: tensor(golden.f32(t('timestep')), golden.shape(t('timestep'))),
-        };
-        const want = golden.f32(t('output'));
+        const inputs = goldenDitInputs(golden, group);
+        const want = golden.f32(`${group}.output`);
         const out = (await dit.forward(inputs)).data;
         const reference = (await dit.forwardReference(inputs, 'fp32')).data;
         const sameRounding = (await dit.forwardReference(inputs, 'rounded')).data;

@@ -19,6 +19,7 @@ import { type DitInputs, LinearDit } from '../../services/denoiser/linear-dit.ts
 import { LocalDenoiser } from '../../services/denoiser/stage.ts';
 import { Golden, maxRelErr } from '../parity/golden.ts';
 import { groupsByOutput } from '../parity/stages.ts';
+import { goldenDitInputs } from '../parity/transformer.ts';
 import { loopbackServeConfig } from '../helpers/serve-config.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
@@ -38,16 +39,6 @@ const BF16_SAME_ROUNDING_LIMIT = 2e-5;
 // bound there is that one step.
 const INT8_TIES: Record<string, number> = { 'golden tiny-posembed-qknorm transformer.b': 1 / INT8_MAX };
 
-function goldenInputs(golden: Golden, group = 'transformer'): DitInputs {
-  const t = (n: string) => `${group}.${n}`;
-  return {
-    hiddenStates: tensor(golden.f32(t('hidden_states')), golden.shape(t('hidden_states'))),
-    encoderHiddenStates: tensor(golden.f32(t('encoder_hidden_states')), golden.shape(t('encoder_hidden_states'))),
-    encoderAttentionMask: tensor(golden.i64(t('encoder_attention_mask')), golden.shape(t('encoder_attention_mask'))),
-    timestep: tensor(golden.f32(t('timestep')), golden.shape(t('timestep'))),
-  };
-}
-
 beforeAll(() => {
   if (!fs.existsSync(EMULATION_ADDON)) throw new Error(`${EMULATION_ADDON} is missing: run npm run kernels:build first`);
   process.env.SANA_CUDA_ADDON = EMULATION_ADDON;
@@ -61,7 +52,7 @@ function goldenCase(variant: string) {
     dir: path.join(dir, 'transformer'),
     inputs: (): { group: string; inputs: DitInputs }[] => {
       const golden = new Golden(dir);
-      return groupsByOutput(golden, 'transformer', 'output').map((group) => ({ group, inputs: goldenInputs(golden, group) }));
+      return groupsByOutput(golden, 'transformer', 'output').map((group) => ({ group, inputs: goldenDitInputs(golden, group) }));
     },
   };
 }
@@ -135,7 +126,7 @@ describe('CUDA backend refusals', () => {
   test('a caption longer than the 300 tokens the kernels keep in shared memory is INVALID_ARGUMENT', async () => {
     const dit = await CudaLinearDit.load(path.resolve('test/fixtures/golden/tiny-a/transformer'));
     try {
-      const inputs = goldenInputs(new Golden(path.resolve('test/fixtures/golden/tiny-a')));
+      const inputs = goldenDitInputs(new Golden(path.resolve('test/fixtures/golden/tiny-a')), 'transformer');
       const long: DitInputs = {
         ...inputs,
         encoderHiddenStates: tensor(new Float32Array(2 * 301 * 48), [2, 301, 48]),
