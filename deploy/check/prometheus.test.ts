@@ -123,21 +123,28 @@ beforeAll(async () => {
     { prompt: ['a lighthouse at dusk', 'a bowl of ramen'], seed: 3n, numInferenceSteps: 2, format: ImageFormat.IMAGE_FORMAT_JPEG, quality: 80 },
   ];
   const rejected = async () => expect((await callGenerate(serving.address, { prompt: ['too many steps'], numInferenceSteps: 100_000 })).code).toBe(grpc.status.INVALID_ARGUMENT);
+  // each call waits until Prometheus holds a sample with it (the gateway's Generate count), so no two calls share a
+  // scrape however fast they run; a fixed sleep let warm, fast calls land in one scrape and left rates without a rise
+  let generates = 0;
+  const scraped = () =>
+    waitFor(`Generate call ${generates} scraped`, async () => {
+      const r = await query(`sum(sana_grpc_requests_total{namespace="${NAMESPACE}",service="gateway",method="Generate"})`);
+      return r.result[0]?.value[1] === String(generates) ? true : undefined;
+    });
   await rejected();
-  await scrapes(2);
+  generates++;
+  await scraped();
   for (const request of calls) {
     const result = await callGenerate(serving.address, request);
     expect(result.code, result.details).toBe(grpc.status.OK);
-    await scrapes(1);
+    generates++;
+    await scraped();
   }
   await rejected();
+  generates++;
   exported = exportedNames(await (await fetch(`http://127.0.0.1:${serving.metricsPort}/metrics`)).text());
-  // wait until Prometheus has scraped all of it (the gateway's Generate count), then two more scrapes so every rate
-  // has its second sample
-  await waitFor('the Generate calls scraped', async () => {
-    const r = await query(`sum(sana_grpc_requests_total{namespace="${NAMESPACE}",service="gateway",method="Generate"})`);
-    return r.result[0]?.value[1] === String(calls.length + 2) ? true : undefined;
-  });
+  await scraped();
+  // two more scrapes so every rate has its second sample
   await scrapes(2);
 }, 300_000);
 
