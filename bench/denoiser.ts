@@ -1,9 +1,11 @@
 // `npm run bench -- denoiser --preset sana-600m-1024 --res 512,1024,2048 --batch 2 [--precision int8]`: seconds per
 // transformer forward at real shapes (random weights), analytic FLOPs, achieved GFLOP/s and the ratio to this
 // machine's fp32 MatMul peak measured in the same run; int8 rows come beside the fp32 rows of the same run.
+// Every forward has the same caption, so after the warm-up each one is a denoising step that reuses the caption's
+// cross-attention K/V (as a request's steps do): the FLOPs count a step's work, without the caption MLP and K/V.
 import path from 'node:path';
 import { Command } from 'commander';
-import { ditForwardFlops, LinearDit } from '../services/denoiser/linear-dit.ts';
+import { ditStepFlops, LinearDit } from '../services/denoiser/linear-dit.ts';
 import { tensor } from '../services/common/tensor.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
 import { benchPrecisions, measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
@@ -51,7 +53,7 @@ export async function run(argv: string[]): Promise<void> {
       };
       const runs = await timeRuns(() => dit.forward(inputs), Number(opts.repeats));
       const seconds = median(runs);
-      const gflop = ditForwardFlops(c, batch, h, h, CAPTION_LENGTH) / 1e9;
+      const gflop = ditStepFlops(c, batch, h, h, CAPTION_LENGTH) / 1e9;
       const fp32Row = rows.find((r) => r.res === res && r.precision === 'fp32');
       rows.push({
         stage: 'denoiser',

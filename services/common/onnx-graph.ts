@@ -73,18 +73,24 @@ export class GraphBuilder {
   private weightBytes = 0;
 
   /**
-   * @param dir folder that receives `model.onnx` and the external data file `weights.bin`
+   * @param dir folder that receives `<stem>.onnx` and its external data file (`weights.bin` for the stem `model`,
+   *   else `<stem>.weights.bin`), so several graphs of one model can share a folder
    */
   constructor(
     readonly name: string,
     readonly dir: string,
     readonly opset = DEFAULT_OPSET,
+    readonly stem = 'model',
   ) {
     fs.mkdirSync(dir, { recursive: true });
   }
 
+  private get weightFileName(): string {
+    return this.stem === 'model' ? 'weights.bin' : `${this.stem}.weights.bin`;
+  }
+
   get weightFile(): string {
-    return path.join(this.dir, 'weights.bin');
+    return path.join(this.dir, this.weightFileName);
   }
 
   /** Bytes of weight data written so far. */
@@ -125,7 +131,7 @@ export class GraphBuilder {
       dims,
       dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
       externalData: [
-        { key: 'location', value: 'weights.bin' },
+        { key: 'location', value: this.weightFileName },
         { key: 'offset', value: String(offset) },
         { key: 'length', value: String(bytes.length) },
       ],
@@ -274,7 +280,7 @@ export class GraphBuilder {
     return bias ? this.add(scaled, bias) : scaled;
   }
 
-  /** Serialises the graph to `<dir>/model.onnx` and closes the weight file. Returns the model path. */
+  /** Serialises the graph to `<dir>/<stem>.onnx` and closes the weight file. Returns the model path. */
   finish(): string {
     if (this.weightFd !== undefined) {
       fs.closeSync(this.weightFd);
@@ -294,7 +300,7 @@ export class GraphBuilder {
         output: this.outputs,
       },
     });
-    const file = path.join(this.dir, 'model.onnx');
+    const file = path.join(this.dir, `${this.stem}.onnx`);
     fs.writeFileSync(file, onnx.ModelProto.encode(model).finish());
     return file;
   }

@@ -17,13 +17,24 @@ export interface SessionOptions {
   allowSpinning?: boolean;
 }
 
+/**
+ * A second model run in the same worker before the main one, on the feeds named by its inputs; its outputs become
+ * feeds of the main model and are kept for later runs whose feeds for it are byte-identical (the denoiser's caption
+ * K/V: the same at every step of a request, so computed once instead of once per step).
+ */
+export interface PrefixModel {
+  modelPath: string;
+  /** how many outputs (per distinct feeds) stay kept, least recently used dropped first */
+  keep: number;
+}
+
 export type WorkerRequest =
   | { kind: 'run'; id: number; feeds: Record<string, HostTensor>; outputNames?: string[] }
   | { kind: 'close' };
 
 export type WorkerReply =
   | { kind: 'ready'; inputNames: readonly string[]; outputNames: readonly string[]; loadSeconds: number }
-  | { kind: 'result'; id: number; outputs: Record<string, HostTensor>; runSeconds: number }
+  | { kind: 'result'; id: number; outputs: Record<string, HostTensor>; runSeconds: number; prefixReused?: boolean }
   | { kind: 'error'; id: number; message: string };
 
 /**
@@ -43,6 +54,8 @@ export class OrtSession {
   private failure: Error | undefined;
   /** seconds spent inside the last run, as seen by the worker */
   lastRunSeconds = 0;
+  /** runs whose prefix model ran, and runs that reused its kept outputs (PrefixModel) */
+  readonly prefixStats = { runs: 0, reused: 0 };
 
   private constructor(
     private readonly worker: Worker,
@@ -57,6 +70,7 @@ export class OrtSession {
       this.pending.delete(msg.id);
       if (msg.kind === 'result') {
         this.lastRunSeconds = msg.runSeconds;
+        if (msg.prefixReused !== undefined) this.prefixStats[msg.prefixReused ? 'reused' : 'runs']++;
         p.resolve(msg.outputs);
       } else p.reject(new Error(msg.message));
     });
@@ -70,9 +84,9 @@ export class OrtSession {
     worker.on('exit', (code) => fail(new Error(`ONNX Runtime worker exited (code ${code})`)));
   }
 
-  static async create(modelPath: string, options: SessionOptions = {}): Promise<OrtSession> {
+  static async create(modelPath: string, options: SessionOptions = {}, prefix?: PrefixModel): Promise<OrtSession> {
     const resolved = { ...options, intraOpThreads: options.intraOpThreads ?? defaultThreads() };
-    const worker = spawnWorker(new URL('./ort-worker.ts', import.meta.url), { modelPath, options: resolved });
+    const worker = spawnWorker(new URL('./ort-worker.ts', import.meta.url), { modelPath, options: resolved, prefix });
     const listeners: { event: string; fn: (...args: any[]) => void }[] = [];
     const ready = await new Promise<Extract<WorkerReply, { kind: 'ready' }>>((resolve, reject) => {
       listeners.push(

@@ -8,7 +8,10 @@
 //                      x += gate_mlp · MixFFN(LN(x)·(1+scale_mlp)+shift_mlp)             (1×1, 3×3 dw, GLU, 1×1)
 //   LN(x)·(1+scale)+shift ─ proj_out ─ unpatchify ─► [B,C_out,H,W]
 //
-// Weights are addressed by the checkpoint's own keys; the graph is compiled once per checkpoint content and precision.
+// Two graphs: caption.onnx (the caption MLP and every block's cross-attention K/V, which depend on the caption only)
+// and model.onnx (one denoising step, taking those K/V as inputs); the ONNX Runtime worker runs the caption graph once
+// per distinct caption and keeps its outputs for the request's later steps (ort-session.ts PrefixModel).
+// Weights are addressed by the checkpoint's own keys; the graphs are compiled once per checkpoint content and precision.
 // Precision int8 runs the block linears of DIT_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts), optionally
 // smoothed and with outlier input channels split out to fp32, both calibrated once at compile time; everything else
 // stays fp32.
@@ -67,6 +70,9 @@ const TIMESTEP_CHANNELS = 256; // Timesteps(num_channels=256, flip_sin_to_cos=Tr
 const CAPTION_NORM_EPS = 1e-5;
 export const QK_NORM_EPS = 1e-5; // Attention's default eps, used by its RMSNorm qk-norm
 const FINAL_NORM_EPS = 1e-6;
+const CAPTION_GRAPH = 'caption'; // caption.onnx beside model.onnx
+/** captions whose cross-attention K/V the session keeps (a request's steps reuse one; batched steps another) */
+const KEPT_CAPTIONS = 2;
 const MASK_BIAS = -10000; // diffusers turns the 0/1 caption mask into (1-m)·-10000, not -inf
 
 export function loadLinearDitConfig(file: string): LinearDitConfig {
@@ -154,8 +160,11 @@ export function ditTensorShapes(c: LinearDitConfig): Map<string, number[]> {
   return s;
 }
 
-/** Multiply-adds ×2 of one forward, from the config and the input sizes (the benchmark's FLOP count). */
-export function ditForwardFlops(c: LinearDitConfig, batch: number, height: number, width: number, captionLength: number): number {
+/**
+ * Multiply-adds ×2 of one denoising step, from the config and the input sizes (the benchmark's FLOP count): the
+ * caption MLP and the cross-attention K/V are left out, since a request computes them once for all its steps.
+ */
+export function ditStepFlops(c: LinearDitConfig, batch: number, height: number, width: number, captionLength: number): number {
   const { inner, crossInner, ffHidden, outChannels, p } = ditDims(c);
   const n = (height / p) * (width / p);
   const d = c.attention_head_dim;
@@ -167,10 +176,8 @@ export function ditForwardFlops(c: LinearDitConfig, batch: number, height: numbe
     2 * ffHidden * inner + // conv_inverted
     2 * ffHidden * 9 + // depthwise 3×3
     ffHidden * inner; // conv_point
-  const perCaption = 2 * crossInner * inner; // cross k, v
-  const blocks = c.num_layers * (2 * n * perToken + 2 * captionLength * perCaption);
-  const edges = 2 * n * (c.in_channels * p * p * inner + inner * p * p * outChannels) + 2 * captionLength * (c.caption_channels * inner + inner * inner);
-  return batch * (blocks + edges);
+  const edges = 2 * n * (c.in_channels * p * p * inner + inner * p * p * outChannels);
+  return batch * (c.num_layers * 2 * n * perToken + edges);
 }
 
 // ---- int8: which layers, and which share an input ----
@@ -189,6 +196,9 @@ export function ditSmoothingGroup(prefix: string): string {
   return m && /^attn1\.to_[qkv]$/.test(m[2]!) ? `${m[1]}.attn1.to_qkv` : prefix;
 }
 
+/** Output channels [start, end) of a layer. */
+type Rows = [start: number, end: number];
+
 /** How the graph treats the int8 layers: quantized (with the calibration's result per group) or instrumented for calibration. */
 type Int8Plan = { kind: 'quantize'; options: Int8Options } & Calibration | { kind: 'calibrate' };
 
@@ -201,7 +211,10 @@ interface Calibration {
 // ---- the graph ----
 
 class DitGraph {
-  readonly g: GraphBuilder;
+  /** the graph being emitted into: the step graph, or the caption graph while its half is built */
+  g: GraphBuilder;
+  private readonly stepGraph: GraphBuilder;
+  private readonly captionGraph: GraphBuilder;
   private readonly weights: CheckpointWeights;
   readonly dims: ReturnType<typeof ditDims>;
   /** per smoothing group: the smoothed activation (quantize) or the recorded statistic (calibrate) */
@@ -215,7 +228,8 @@ class DitGraph {
     dir: string,
     private readonly int8?: Int8Plan,
   ) {
-    this.g = new GraphBuilder('sana_transformer', dir);
+    this.stepGraph = this.g = new GraphBuilder('sana_transformer', dir);
+    this.captionGraph = new GraphBuilder('sana_caption', dir, undefined, CAPTION_GRAPH);
     this.weights = new CheckpointWeights(ckpt, ditTensorShapes(c));
     this.dims = ditDims(c);
   }
@@ -225,12 +239,30 @@ class DitGraph {
     return this.g.weight(key, as ?? this.weights.shape(key), this.weights.read(key));
   }
 
-  /** x [M,in] · Wᵀ + b with the checkpoint's [out,in] weight used in place (Gemm transB), or W8A8 under int8. */
-  linear2d(x: string, prefix: string, bias = true): string {
+  /**
+   * Rows [start, end) of a checkpoint tensor (its leading axis) as an fp32 weight, the whole tensor without `rows`;
+   * `flat` stores each row as one axis (1×1 conv → matrix).
+   */
+  wRows(key: string, rows?: Rows, flat = false): string {
+    const [rowCount, ...rest] = this.weights.shape(key);
+    const rowShape = flat ? [rest.reduce((a, b) => a * b, 1)] : rest;
+    if (!rows) return this.w(key, [rowCount!, ...rowShape]);
+    const rowSize = rest.reduce((a, b) => a * b, 1);
+    if (rows[0] < 0 || rows[1] > rowCount! || rows[0] >= rows[1]) throw new Error(`internal: rows [${rows}] of ${key}`);
+    return this.g.weight(`${key}[${rows[0]}:${rows[1]}]`, [rows[1] - rows[0], ...rowShape], this.weights.read(key).subarray(rows[0] * rowSize, rows[1] * rowSize));
+  }
+
+  /**
+   * x [M,in] · Wᵀ + b with the checkpoint's [out,in] weight used in place (Gemm transB), or W8A8 under int8;
+   * `rows` takes only output channels [start, end) of the layer.
+   */
+  linear2d(x: string, prefix: string, bias = true, rows?: Rows): string {
     const shape = this.weights.shape(`${prefix}.weight`);
+    const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
+    const [start, end] = rows ?? [0, shape[0]!];
+    const outDim = end - start;
     if (this.int8 && isDitInt8Layer(prefix)) {
       const group = ditSmoothingGroup(prefix);
-      const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
       if (this.int8.kind === 'calibrate') {
         // max |x| per input channel over all tokens, a graph output named after the group
         if (!this.groupInputs.has(group)) {
@@ -240,12 +272,12 @@ class DitGraph {
         }
       } else {
         const { g } = this;
-        const original = this.weights.read(`${prefix}.weight`);
+        const original = this.weights.read(`${prefix}.weight`).subarray(start * inDim, end * inDim);
         const f = this.int8.smoothing.get(group);
         const outliers = this.int8.outliers.get(group) ?? [];
         // W·diag(f) into the weight, X·diag(1/f) once per group (shared by q, k, v); outlier channels are zero in both
-        const weight = f ? scaleInputChannels(original.slice(), shape[0], inDim, f) : outliers.length > 0 ? original.slice() : original;
-        for (let r = 0; r < shape[0]; r++) for (const i of outliers) weight[r * inDim + i] = 0;
+        const weight = f ? scaleInputChannels(original.slice(), outDim, inDim, f) : outliers.length > 0 ? original.slice() : original;
+        for (let r = 0; r < outDim; r++) for (const i of outliers) weight[r * inDim + i] = 0;
         if ((f || outliers.length > 0) && !this.groupInputs.has(group)) {
           const inverse = f ? f.map((v) => 1 / v) : new Float32Array(inDim).fill(1);
           for (const i of outliers) inverse[i] = 0;
@@ -255,26 +287,26 @@ class DitGraph {
           }
         }
         const input = this.groupInputs.get(group) ?? x;
-        const y = g.int8Linear(input, prefix, weight, [shape[0], inDim], bias ? this.w(`${prefix}.bias`) : undefined, this.int8.options.activations);
+        const name = rows ? `${prefix}[${start}:${end}]` : prefix;
+        const y = g.int8Linear(input, name, weight, [outDim, inDim], bias ? this.wRows(`${prefix}.bias`, rows) : undefined, this.int8.options.activations);
         if (outliers.length === 0) return y;
         // the split-out channels in fp32: X[:, O] · W[:, O]ᵀ
-        const columns = new Float32Array(shape[0] * outliers.length);
-        for (let r = 0; r < shape[0]; r++) outliers.forEach((i, j) => (columns[r * outliers.length + j] = original[r * inDim + i]!));
-        return g.add(y, g.op('Gemm', [this.groupOutliers.get(group)!, g.weight(`${prefix}.outlier_columns`, [shape[0], outliers.length], columns)], { transB: 1 }));
+        const columns = new Float32Array(outDim * outliers.length);
+        for (let r = 0; r < outDim; r++) outliers.forEach((i, j) => (columns[r * outliers.length + j] = original[r * inDim + i]!));
+        return g.add(y, g.op('Gemm', [this.groupOutliers.get(group)!, g.weight(`${name}.outlier_columns`, [outDim, outliers.length], columns)], { transB: 1 }));
       }
     }
-    const wName = this.w(`${prefix}.weight`, [shape[0], shape.slice(1).reduce((a, b) => a * b, 1)]);
-    const inputs = [x, wName];
-    if (bias) inputs.push(this.w(`${prefix}.bias`));
+    const inputs = [x, this.wRows(`${prefix}.weight`, rows, true)];
+    if (bias) inputs.push(this.wRows(`${prefix}.bias`, rows));
     return this.g.op('Gemm', inputs, { transB: 1 });
   }
 
-  /** x [B,T,in] → [B,T,out] through a 2-D Gemm. */
-  linear(x: string, prefix: string, batch: string, bias = true): string {
+  /** x [B,T,in] → [B,T,out] through a 2-D Gemm (out: the `rows` range when given). */
+  linear(x: string, prefix: string, batch: string, bias = true, rows?: Rows): string {
     const shape = this.weights.shape(`${prefix}.weight`);
     const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
-    const y = this.linear2d(this.g.reshape(x, [-1, inDim]), prefix, bias);
-    return this.g.reshape(y, this.g.concat([batch, this.g.ints([-1, shape[0]])], 0));
+    const y = this.linear2d(this.g.reshape(x, [-1, inDim]), prefix, bias, rows);
+    return this.g.reshape(y, this.g.concat([batch, this.g.ints([-1, rows ? rows[1] - rows[0] : shape[0]!])], 0));
   }
 
   layerNorm(x: string, eps: number, affinePrefix?: string): string {
@@ -290,7 +322,11 @@ class DitGraph {
     return this.g.op('SimplifiedLayerNormalization', [x, this.w(weightKey)], { axis: -1, epsilon: float(eps) });
   }
 
-  /** x·(1+scale)+shift, with onePlusScale and shift [B,1,D] */
+  /**
+   * x·(1+scale)+shift, with onePlusScale and shift [B,1,D]. Not folded into the LayerNormalization's scale and bias:
+   * ONNX Runtime broadcasts those, but its results then depend on the batch size, and a batched step must give each
+   * request the bits it gets alone.
+   */
   modulate(x: string, onePlusScale: string, shift: string): string {
     return this.g.add(this.g.mul(x, onePlusScale), shift);
   }
@@ -332,46 +368,57 @@ class DitGraph {
     return this.linear(merged, `${prefix}.to_out.0`, batch);
   }
 
+  /** Cross-attention keys and values over the caption y [B,L,D]: kT [B,h,d,L], v [B,h,L,d] (caption graph). */
+  crossKeysValues(y: string, prefix: string, batch: string): { kT: string; v: string } {
+    const { g, c } = this;
+    const heads = c.num_cross_attention_heads;
+    const d = c.cross_attention_head_dim;
+    let k = this.linear(y, `${prefix}.to_k`, batch); // [B,L,Dx]
+    const v = this.linear(y, `${prefix}.to_v`, batch);
+    if (c.qk_norm) k = this.rmsNorm(k, `${prefix}.norm_k.weight`, QK_NORM_EPS);
+    return {
+      kT: g.transpose(g.reshape(k, [0, 0, heads, d]), [0, 2, 3, 1]), // [B,h,d,L]
+      v: g.transpose(g.reshape(v, [0, 0, heads, d]), [0, 2, 1, 3]), // [B,h,L,d]
+    };
+  }
+
   /** Softmax cross-attention over the caption tokens with the caption mask as an additive -10000 bias. */
-  crossAttention(x: string, y: string, maskBias: string, prefix: string, batch: string): string {
+  crossAttention(x: string, kv: { kT: string; v: string }, maskBias: string, prefix: string, batch: string): string {
     const { g, c } = this;
     const { crossInner } = this.dims;
     const heads = c.num_cross_attention_heads;
     const d = c.cross_attention_head_dim;
     let q = this.linear(x, `${prefix}.to_q`, batch); // [B,N,Dx]
-    let k = this.linear(y, `${prefix}.to_k`, batch); // [B,L,Dx]
-    const v = this.linear(y, `${prefix}.to_v`, batch);
-    if (c.qk_norm) {
-      q = this.rmsNorm(q, `${prefix}.norm_q.weight`, QK_NORM_EPS);
-      k = this.rmsNorm(k, `${prefix}.norm_k.weight`, QK_NORM_EPS);
-    }
+    if (c.qk_norm) q = this.rmsNorm(q, `${prefix}.norm_q.weight`, QK_NORM_EPS);
     const qh = g.transpose(g.reshape(q, [0, 0, heads, d]), [0, 2, 1, 3]); // [B,h,N,d]
-    const kT = g.transpose(g.reshape(k, [0, 0, heads, d]), [0, 2, 3, 1]); // [B,h,d,L]
-    const vh = g.transpose(g.reshape(v, [0, 0, heads, d]), [0, 2, 1, 3]); // [B,h,L,d]
-    const scores = g.add(g.mul(g.matmul(qh, kT), g.scalar(1 / Math.sqrt(d))), maskBias); // [B,h,N,L]
-    const attn = g.matmul(g.op('Softmax', [scores], { axis: -1 }), vh); // [B,h,N,d]
+    const scores = g.add(g.mul(g.matmul(qh, kv.kT), g.scalar(1 / Math.sqrt(d))), maskBias); // [B,h,N,L]
+    const attn = g.matmul(g.op('Softmax', [scores], { axis: -1 }), kv.v); // [B,h,N,d]
     const merged = g.reshape(g.transpose(attn, [0, 2, 1, 3]), [0, 0, crossInner]); // [B,N,Dx]
     return this.linear(merged, `${prefix}.to_out.0`, batch);
   }
 
-  /** GLUMBConv: 1×1 expand to 2·hidden, SiLU, 3×3 depthwise, GLU (value·SiLU(gate)), 1×1 project. */
-  mixFfn(x: string, prefix: string, batch: string, nchwShape: string): string {
+  /**
+   * GLUMBConv: 1×1 expand to 2·hidden, SiLU, 3×3 depthwise, GLU (value·SiLU(gate)), 1×1 project. The value and gate
+   * halves run as separate 1×1 and depthwise convs: ONNX Runtime then keeps each half in its blocked channel layout
+   * (NCHWc) from the depthwise conv through the gating and reorders tokens-major once, instead of splitting and
+   * transposing a 2·hidden tensor (an int8 Mix-FFN alone at 1024 px, batch 2: 64 → 53 ms).
+   */
+  mixFfn(x: string, prefix: string, batch: string, nhwcShape: string): string {
     const { g } = this;
-    const { ffHidden } = this.dims;
-    const expanded = g.silu(this.linear(x, `${prefix}.conv_inverted`, batch)); // [B,N,2F]
-    const image = g.reshape(g.transpose(expanded, [0, 2, 1]), nchwShape); // [B,2F,h,w]
-    const depth = g.op(
-      'Conv',
-      [image, this.w(`${prefix}.conv_depth.weight`), this.w(`${prefix}.conv_depth.bias`)],
-      { group: 2 * ffHidden, kernel_shape: [3, 3], pads: [1, 1, 1, 1] },
-    ); // [B,2F,h,w]
-    // the GLU runs channel-major, so only its F channels (not 2F) are transposed back to tokens
-    const [value, gate] = g.split(g.reshape(depth, [0, 0, -1]), 1, [ffHidden, ffHidden]); // [B,F,N] each
-    const glu = g.transpose(g.mul(value, g.silu(gate)), [0, 2, 1]); // [B,N,F]
-    return this.linear(glu, `${prefix}.conv_point`, batch, false); // [B,N,D]
+    const { ffHidden: f } = this.dims;
+    const half = (rows: Rows) => {
+      const expanded = g.silu(this.linear(x, `${prefix}.conv_inverted`, batch, true, rows)); // [B,N,F]
+      const image = g.transpose(g.reshape(expanded, nhwcShape), [0, 3, 1, 2]); // [B,F,h,w]
+      const depth = [this.wRows(`${prefix}.conv_depth.weight`, rows), this.wRows(`${prefix}.conv_depth.bias`, rows)];
+      return g.op('Conv', [image, ...depth], { group: f, kernel_shape: [3, 3], pads: [1, 1, 1, 1] }); // [B,F,h,w]
+    };
+    const value = half([0, f]);
+    const gate = half([f, 2 * f]);
+    const glu = g.transpose(g.mul(value, g.silu(gate)), [0, 2, 3, 1]); // [B,h,w,F]
+    return this.linear(g.reshape(glu, [0, -1, f]), `${prefix}.conv_point`, batch, false); // [B,N,D]
   }
 
-  block(i: number, x: string, y: string, maskBias: string, t6: string, batch: string, nchwShape: string): string {
+  block(i: number, x: string, kv: { kT: string; v: string }, maskBias: string, t6: string, batch: string, nhwcShape: string): string {
     const { g, c } = this;
     const { inner } = this.dims;
     const b = `transformer_blocks.${i}`;
@@ -383,17 +430,48 @@ class DitGraph {
     const h1 = this.modulate(this.layerNorm(x, c.norm_eps), g.add(scaleMsa, one), shiftMsa);
     x = g.add(x, g.mul(gateMsa, this.linearAttention(h1, `${b}.attn1`, batch)));
     // 3. cross-attention on the un-normalised stream
-    x = g.add(x, this.crossAttention(x, y, maskBias, `${b}.attn2`, batch));
+    x = g.add(x, this.crossAttention(x, kv, maskBias, `${b}.attn2`, batch));
     // 4. Mix-FFN
     const h2 = this.modulate(this.layerNorm(x, c.norm_eps, c.norm_elementwise_affine ? `${b}.norm2` : undefined), g.add(scaleMlp, one), shiftMlp);
-    return g.add(x, g.mul(gateMlp, this.mixFfn(h2, `${b}.ff`, batch, nchwShape)));
+    return g.add(x, g.mul(gateMlp, this.mixFfn(h2, `${b}.ff`, batch, nhwcShape)));
   }
 
+  /**
+   * The caption graph (caption.onnx): y = RMSNorm(MLP(caption)) [B,L,D] and from it every block's cross-attention
+   * keys and values, outputs `cross_k.{i}` [B,h,d,L] and `cross_v.{i}` [B,h,L,d]. They depend on the caption only,
+   * so the step graph takes them as inputs and the ONNX Runtime worker runs this graph once per caption (PrefixModel)
+   * rather than at every denoising step.
+   */
+  private buildCaption(): void {
+    this.g = this.captionGraph;
+    const { g, c } = this;
+    const heads = c.num_cross_attention_heads;
+    const d = c.cross_attention_head_dim;
+    const caption = g.input('encoder_hidden_states', ElemType.FLOAT, ['batch', 'caption_length', c.caption_channels]);
+    const batch = g.shape(caption, 0, 1); // [1] int64
+    // MLP with tanh-GELU, then RMSNorm → y [B,L,D]
+    const y = this.rmsNorm(
+      this.linear(g.geluTanh(this.linear(caption, 'caption_projection.linear_1', batch)), 'caption_projection.linear_2', batch),
+      'caption_norm.weight',
+      CAPTION_NORM_EPS,
+    );
+    for (let i = 0; i < c.num_layers; i++) {
+      const { kT, v } = this.crossKeysValues(y, `transformer_blocks.${i}.attn2`, batch);
+      g.output(kT, `cross_k.${i}`, ElemType.FLOAT, ['batch', heads, d, 'caption_length']);
+      g.output(v, `cross_v.${i}`, ElemType.FLOAT, ['batch', heads, 'caption_length', d]);
+    }
+    g.finish();
+    this.g = this.stepGraph;
+  }
+
+  /** Writes caption.onnx and model.onnx (the step graph); returns the step graph's path. */
   build(): string {
+    this.buildCaption();
     const { g, c } = this;
     const { inner, outChannels, p } = this.dims;
+    const heads = c.num_cross_attention_heads;
+    const d = c.cross_attention_head_dim;
     const hidden = g.input('hidden_states', ElemType.FLOAT, ['batch', c.in_channels, 'height', 'width']);
-    const caption = g.input('encoder_hidden_states', ElemType.FLOAT, ['batch', 'caption_length', c.caption_channels]);
     const mask = g.input('encoder_attention_mask', ElemType.INT64, ['batch', 'caption_length']);
     const timestep = g.input('timestep', ElemType.FLOAT, ['batch']);
     const batch = g.shape(hidden, 0, 1); // [1] int64
@@ -416,17 +494,16 @@ class DitGraph {
     );
     const t6 = this.linear2d(g.silu(tEmb), 'time_embed.linear');
 
-    // caption: MLP with tanh-GELU, then RMSNorm → y [B,L,D]; mask → additive bias [B,1,1,L]
-    const y = this.rmsNorm(
-      this.linear(g.geluTanh(this.linear(caption, 'caption_projection.linear_1', batch)), 'caption_projection.linear_2', batch),
-      'caption_norm.weight',
-      CAPTION_NORM_EPS,
-    );
+    // caption: the keys and values from the caption graph; mask → additive bias [B,1,1,L]
+    const crossKv = Array.from({ length: c.num_layers }, (_, i) => ({
+      kT: g.input(`cross_k.${i}`, ElemType.FLOAT, ['batch', heads, d, 'caption_length']),
+      v: g.input(`cross_v.${i}`, ElemType.FLOAT, ['batch', heads, 'caption_length', d]),
+    }));
     const maskF = g.cast(mask, ElemType.FLOAT);
     const maskBias = g.unsqueeze(g.mul(g.sub(g.scalar(1), maskF), g.scalar(MASK_BIAS)), [1, 2]);
 
-    const nchwShape = g.concat([batch, g.ints([2 * this.dims.ffHidden]), hw], 0);
-    for (let i = 0; i < c.num_layers; i++) x = this.block(i, x, y, maskBias, t6, batch, nchwShape);
+    const nhwcShape = g.concat([batch, hw, g.ints([this.dims.ffHidden])], 0); // one Mix-FFN half, [B,h,w,F]
+    for (let i = 0; i < c.num_layers; i++) x = this.block(i, x, crossKv[i]!, maskBias, t6, batch, nhwcShape);
 
     // final modulated norm: (table[2,D] + t[:,None]) → shift, scale
     const finalMod = g.add(this.w('scale_shift_table'), g.unsqueeze(tEmb, [1])); // [B,2,D]
@@ -524,7 +601,7 @@ async function calibrate(c: LinearDitConfig, ckpt: Checkpoint, out: string, opti
   if (alpha === null && outlierRatio === null) return { smoothing, outliers };
   const dir = path.join(out, 'calibration');
   const modelFile = new DitGraph(c, ckpt, dir, { kind: 'calibrate' }).build();
-  const session = await OrtSession.create(modelFile);
+  const session = await OrtSession.create(modelFile, {}, { modelPath: path.join(dir, `${CAPTION_GRAPH}.onnx`), keep: 1 });
   const activationMax = new Map<string, Float32Array>();
   try {
     const { latentSize: s, captionLength: l, seed } = CALIBRATION;
@@ -634,7 +711,8 @@ export class LinearDit {
         new DitGraph(config, ckpt, out, { kind: 'quantize', options: int8Options, ...calibration }).build();
       },
     );
-    const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), sessionOptions);
+    const captionModel = { modelPath: path.join(modelDir, `${CAPTION_GRAPH}.onnx`), keep: KEPT_CAPTIONS };
+    const session = await OrtSession.create(path.join(modelDir, 'model.onnx'), sessionOptions, captionModel);
     return new LinearDit(config, session, hit, precision);
   }
 
