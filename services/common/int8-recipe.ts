@@ -21,8 +21,13 @@
 //                       1024 px: within noise). Per tensor is the denoiser's default: its error is small (quality
 //                       report). The text encoder's error compounds over Gemma-2's 26 layers and classifier-free
 //                       guidance amplifies it in the image, so it takes the finer scales: per token is its default
-//                       (whole pipeline at SANA-600M shapes 28.4 → 33.8 dB PSNR against fp32).
+//                       (whole pipeline at SANA-600M shapes 28.4 → 33.8 dB PSNR against fp32; 39.8 dB with the
+//                       two-pass layers below).
 //                       The quality report (`npm run bench -- quality`) measures the error of either.
+//                  two-pass (text encoder: isGemma2TwoPassLinear) the per-token int8 x_q, then the rounding residual
+//                       x − s_x·x_q (|r| ≤ s_x/2) quantized again at s_x/254, both through MatMulIntegerToFloat with
+//                       the same int8 weight and summed: about 16-bit activations from two int8 GEMMs (one more
+//                       GEMM where an fp32 layer would cost about 3.4 int8 ones on this CPU).
 //   GEMM         int32 accumulation, then an fp32 epilogue: y[t,o] = acc[t,o] · s_x[t] · s_w[o] + bias[o].
 //   smoothing    optional SmoothQuant (Int8Options.smoothAlpha; off by default): per input channel i,
 //                f[i] = max|X[:,i]|^α / max|W[:,i]|^(1-α). The denoiser calibrates max|X| at compile time (fp32
@@ -68,6 +73,22 @@ export const GEMMA2_INT8_LAYERS = [
   'mlp.up_proj',
   'mlp.down_proj',
 ] as const;
+
+/**
+ * Gemma-2 linears whose activations take two int8 passes (GraphBuilder.int8Linear `passes`, per-token only): every
+ * linear of the first GEMMA2_TWO_PASS_FIRST_LAYERS decoder layers, whose error the later layers amplify, and in every
+ * layer those of GEMMA2_TWO_PASS_LAYERS. Measured on gemma-2-2b random weights, 300-token prompt with the instruction
+ * prefix (error power: 1 − cosine of the embeddings vs fp32): all one pass 8.1e-4; first two layers fp32 4.3e-4;
+ * last two layers or q/k_proj fp32: no change; two-pass down_proj 5.4e-4, v/o/down_proj 4.0e-4; first two layers +
+ * down_proj 3.7e-4 (whole-pipeline latents cosine 0.99894); first three layers + v/o/down_proj 3.1e-4 (this recipe).
+ * It costs about 43% more int8 GEMM work than one pass everywhere.
+ */
+export const GEMMA2_TWO_PASS_FIRST_LAYERS = 3;
+export const GEMMA2_TWO_PASS_LAYERS: readonly (typeof GEMMA2_INT8_LAYERS)[number][] = ['self_attn.v_proj', 'self_attn.o_proj', 'mlp.down_proj'];
+
+export function isGemma2TwoPassLinear(layer: number, name: (typeof GEMMA2_INT8_LAYERS)[number]): boolean {
+  return layer < GEMMA2_TWO_PASS_FIRST_LAYERS || GEMMA2_TWO_PASS_LAYERS.includes(name);
+}
 
 export type ActivationGranularity = 'per-token' | 'per-tensor';
 export const ACTIVATION_GRANULARITIES: readonly ActivationGranularity[] = ['per-tensor', 'per-token'];

@@ -261,13 +261,16 @@ export class GraphBuilder {
    *               u8×s8 int32 GEMM, fp32 epilogue (scales, bias) in the same kernel
    *   per-token   s_x[t] = max|x[t,:]|/127, QuantizeLinear along the rows with zero point 128 (the symmetric int8
    *               value + 128, so the int32 sums equal the GPU's s8×s8 ones), com.microsoft MatMulIntegerToFloat
-   *               (u8×s8, per-column weight scales, bias), then × s_x[t]
+   *               (u8×s8, per-column weight scales, bias), then × s_x[t]; with `passes` 2 the rounding residual
+   *               x − s_x·x_q is quantized again at s_x/254 and takes a second GEMM with the same weight (the sums
+   *               add up to about 16-bit activations; int8-recipe.ts two-pass)
    */
-  int8Linear(x: string, name: string, weight: Float32Array, dims: [out: number, inDim: number], bias: string | undefined, activations: ActivationGranularity): string {
+  int8Linear(x: string, name: string, weight: Float32Array, dims: [out: number, inDim: number], bias: string | undefined, activations: ActivationGranularity, passes: 1 | 2 = 1): string {
     const q = quantizeWeight(weight, dims[0], dims[1]);
     const wq = this.weight(`${name}.int8`, [dims[1], dims[0]], transposeInt8(q));
     const ws = this.weight(`${name}.scale`, [dims[0]], q.scales);
     if (activations === 'per-tensor') {
+      if (passes !== 1) throw new Error(`internal: ${name}: two-pass activations need per-token scales`);
       return this.op('DynamicQuantizeMatMul', [x, wq, ws, '', ...(bias ? [bias] : [])], {}, { domain: 'com.microsoft' });
     }
     const absMax = this.op('ReduceMax', [this.op('Abs', [x]), this.ints([1])], { keepdims: 0 }); // [M]
@@ -275,7 +278,15 @@ export class GraphBuilder {
     const zeroPoint = this.constant(new Uint8Array([128]), []);
     const rowZeroPoints = this.op('Expand', [zeroPoint, this.shape(scale)]); // [M] uint8
     const xq = this.op('QuantizeLinear', [x, scale, rowZeroPoints], { axis: 0 }); // [M,in] uint8
-    const y = this.op('MatMulIntegerToFloat', [xq, wq, this.scalar(1), ws, zeroPoint], {}, { domain: 'com.microsoft' }); // [M,out], × s_w only
+    let y = this.op('MatMulIntegerToFloat', [xq, wq, this.scalar(1), ws, zeroPoint], {}, { domain: 'com.microsoft' }); // [M,out], × s_w only
+    if (passes === 2) {
+      // the rounding residual, |r| ≤ s_x/2, quantized again at s_x/254 and multiplied by the same int8 weight
+      const residual = this.sub(x, this.op('DequantizeLinear', [xq, scale, rowZeroPoints], { axis: 0 })); // [M,in]
+      const fine = this.div(scale, this.scalar(2 * INT8_MAX));
+      const rq = this.op('QuantizeLinear', [residual, fine, rowZeroPoints], { axis: 0 });
+      const y2 = this.op('MatMulIntegerToFloat', [rq, wq, this.scalar(1 / (2 * INT8_MAX)), ws, zeroPoint], {}, { domain: 'com.microsoft' });
+      y = this.add(y, y2);
+    }
     const scaled = this.mul(y, this.unsqueeze(scale, [1])); // × s_x[t]
     return bias ? this.add(scaled, bias) : scaled;
   }

@@ -15,15 +15,15 @@
 // (finfo.min) and therefore the uniform average of all L values.
 // Weights are addressed by the checkpoint's own keys; a Gemma2ForCausalLM checkpoint's `model.` prefix is
 // recognised. The graph is compiled once per checkpoint content and precision: int8 runs the decoder-layer linears
-// of GEMMA2_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts: per-token activations, no smoothing); embeddings, norms, RoPE and the
-// attention softmax stay fp32.
+// of GEMMA2_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts: per-token activations, two int8 passes where
+// isGemma2TwoPassLinear says, no smoothing); embeddings, norms, RoPE and the attention softmax stay fp32.
 import path from 'node:path';
 import { z } from 'zod';
 import { CheckpointWeights } from '../common/checkpoint-weights.ts';
 import { cachedCompile } from '../common/compile-cache.ts';
 import { ConfigError, loadConfig, unsupported } from '../common/config.ts';
 import { InvalidArgumentError } from '../common/errors.ts';
-import { GEMMA2_INT8_LAYERS, type Int8Options, type Precision, type PrecisionOptions, resolveInt8Options } from '../common/int8-recipe.ts';
+import { GEMMA2_INT8_LAYERS, type Int8Options, isGemma2TwoPassLinear, type Precision, type PrecisionOptions, resolveInt8Options } from '../common/int8-recipe.ts';
 import { ElemType, float, GraphBuilder } from '../common/onnx-graph.ts';
 import { OrtSession, type SessionOptions } from '../common/ort-session.ts';
 import { Checkpoint, CheckpointError } from '../common/safetensors.ts';
@@ -175,13 +175,16 @@ class Gemma2Graph {
     return this.g.weight(name, this.weights.shape(name), map ? map(values) : values);
   }
 
-  /** x [M,in] · Wᵀ (+ b) with the checkpoint's [out,in] weight used in place (Gemm transB). */
+  /** x [M,in] · Wᵀ (+ b) with the checkpoint's [out,in] weight used in place (Gemm transB), or W8A8 under int8. */
   linear(x: string, key: string): string {
     const bias = this.c.attention_bias && key.includes('.self_attn.') ? this.w(`${key}.bias`) : undefined;
-    if (this.int8 && (GEMMA2_INT8_LAYERS as readonly string[]).includes(key.replace(/^layers\.\d+\./, ''))) {
+    const layer = /^layers\.(\d+)\.(.+)$/.exec(key);
+    const int8Name = layer && GEMMA2_INT8_LAYERS.find((n) => n === layer[2]);
+    if (this.int8 && int8Name) {
       const name = this.prefix + key;
       const shape = this.weights.shape(`${name}.weight`);
-      return this.g.int8Linear(x, name, this.weights.read(`${name}.weight`), [shape[0], shape[1]], bias, this.int8.activations);
+      const passes = this.int8.activations === 'per-token' && isGemma2TwoPassLinear(Number(layer![1]), int8Name) ? 2 : 1;
+      return this.g.int8Linear(x, name, this.weights.read(`${name}.weight`), [shape[0], shape[1]], bias, this.int8.activations, passes);
     }
     const inputs = [x, this.w(`${key}.weight`)];
     if (bias) inputs.push(bias);
