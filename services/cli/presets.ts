@@ -42,14 +42,23 @@ export function transformer(overrides: Partial<LinearDitConfig> & Pick<LinearDit
  * This plants them: in every block's adaLN table the scale rows (shift/scale/gate × msa/mlp: rows 1 and 4) get
  * +(factor − 1) on a few channels, so the modulated LayerNorm output that feeds q/k/v and the Mix-FFN is ×factor
  * there (scale_msa ≈ 0, so 1 + scale ≈ factor).
+ *
+ * `compensated` also divides those channels' columns of the layers that read them (attn1.to_q/k/v,
+ * ff.conv_inverted) by factor: the fp32 model then computes nearly what the unplanted one does (the outlier channels
+ * lose only their timestep modulation), so the int8 error it shows is the outliers' alone. Without it the three
+ * channels dominate q/k/v and the Mix-FFN input, which makes a different and more error-sensitive model.
  */
-export function withPlantedOutliers(spec: ComponentSpec, factor = 50, channels = [7, 300, 801]): ComponentSpec {
+export function withPlantedOutliers(spec: ComponentSpec, factor = 50, channels = [7, 300, 801], compensated = false): ComponentSpec {
   return {
     ...spec,
     plant: (name, shape, values) => {
-      if (!/^transformer_blocks\.\d+\.scale_shift_table$/.test(name)) return;
-      const width = shape[1]!;
-      for (const row of [1, 4]) for (const ch of channels) if (ch < width) values[row * width + ch]! += factor - 1;
+      if (/^transformer_blocks\.\d+\.scale_shift_table$/.test(name)) {
+        const width = shape[1]!;
+        for (const row of [1, 4]) for (const ch of channels) if (ch < width) values[row * width + ch]! += factor - 1;
+      } else if (compensated && /^transformer_blocks\.\d+\.(attn1\.to_[qkv]|ff\.conv_inverted)\.weight$/.test(name)) {
+        const [rows, inDim] = [shape[0]!, shape[1]!]; // [out, in] (conv_inverted: [out, in, 1, 1])
+        for (let r = 0; r < rows; r++) for (const ch of channels) if (ch < inDim) values[r * inDim + ch]! /= factor;
+      }
     },
   };
 }
@@ -254,6 +263,10 @@ export const PRESETS: Record<string, Preset> = {
   'sana-600m-512-outliers': {
     description: 'Sana_600M_512px with ×50 activation outliers planted in three channels of every block (int8 quality)',
     components: { transformer: () => withPlantedOutliers(transformer({ ...sana600m, sample_size: 16 })) },
+  },
+  'sana-600m-512-outliers-compensated': {
+    description: 'sana-600m-512-outliers with the reading weights divided by the factor: the fp32 model nearly unchanged, the activations ×50 (int8 quality)',
+    components: { transformer: () => withPlantedOutliers(transformer({ ...sana600m, sample_size: 16 }), 50, [7, 300, 801], true) },
   },
   'sana-600m-512': { description: 'Sana_600M_512px', components: { transformer: () => transformer({ ...sana600m, sample_size: 16 }) } },
   'sana-600m-1024': { description: 'Sana_600M_1024px', components: { transformer: () => transformer({ ...sana600m, sample_size: 32 }) } },
