@@ -8,7 +8,7 @@ import { Command } from 'commander';
 import { ditStepFlops, LinearDit } from '../services/denoiser/linear-dit.ts';
 import { tensor } from '../services/common/tensor.ts';
 import { cachedRandomCheckpoint } from '../services/cli/checkpoint.ts';
-import { benchPrecisions, measureMatmulPeakGflops, median, peakRssGiB, printTable, timeRuns } from './util.ts';
+import { benchPrecisions, measureMatmulPeakGflops, median, peakRssGiB, printTable, timeInterleaved } from './util.ts';
 
 const VAE_SCALE = 32; // DC-AE F32C32: one latent pixel per 32×32 image pixels
 const CAPTION_LENGTH = 300; // SANA's max_sequence_length
@@ -18,7 +18,7 @@ export async function run(argv: string[]): Promise<void> {
     .option('--preset <name>', 'transformer preset', 'sana-600m-1024')
     .option('--res <list>', 'image resolutions (square), comma-separated', '512,1024,2048')
     .option('--batch <n>', 'batch rows per forward (2 = one image with CFG)', '2')
-    .option('--repeats <n>', 'timed forwards per resolution (after one warm-up)', '3')
+    .option('--repeats <n>', 'timed forwards per resolution and precision (after one warm-up), the precisions in turn', '3')
     .option('--precision <list>', 'fp32 | int8, comma-separated (int8 comes with fp32 rows)', 'fp32')
     .option('--smooth <alpha>', 'int8 SmoothQuant α (off when absent)')
     .option('--outliers <ratio>', 'int8: split input channels above ratio × the median channel max out to fp32 (off when absent)')
@@ -42,17 +42,18 @@ export async function run(argv: string[]): Promise<void> {
   const peak = await measureMatmulPeakGflops();
   const rows: Record<string, string | number>[] = [];
   for (const res of resolutions) {
-    for (const dit of models) {
-      const h = res / VAE_SCALE;
-      const fill = (n: number, v: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => v(i));
-      const inputs = {
-        hiddenStates: tensor(fill(batch * c.in_channels * h * h, (i) => Math.sin(i)), [batch, c.in_channels, h, h]),
-        encoderHiddenStates: tensor(fill(batch * CAPTION_LENGTH * c.caption_channels, (i) => Math.cos(i)), [batch, CAPTION_LENGTH, c.caption_channels]),
-        encoderAttentionMask: tensor(new BigInt64Array(batch * CAPTION_LENGTH).fill(1n), [batch, CAPTION_LENGTH]),
-        timestep: tensor(new Float32Array(batch).fill(500), [batch]),
-      };
-      const runs = await timeRuns(() => dit.forward(inputs), Number(opts.repeats));
-      const seconds = median(runs);
+    const h = res / VAE_SCALE;
+    const fill = (n: number, v: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => v(i));
+    const inputs = {
+      hiddenStates: tensor(fill(batch * c.in_channels * h * h, (i) => Math.sin(i)), [batch, c.in_channels, h, h]),
+      encoderHiddenStates: tensor(fill(batch * CAPTION_LENGTH * c.caption_channels, (i) => Math.cos(i)), [batch, CAPTION_LENGTH, c.caption_channels]),
+      encoderAttentionMask: tensor(new BigInt64Array(batch * CAPTION_LENGTH).fill(1n), [batch, CAPTION_LENGTH]),
+      timestep: tensor(new Float32Array(batch).fill(500), [batch]),
+    };
+    // the precisions take turns, so their ratio compares runs under the same load
+    const runs = await timeInterleaved(models.map((dit) => () => dit.forward(inputs)), Number(opts.repeats));
+    for (const [i, dit] of models.entries()) {
+      const seconds = median(runs[i]!);
       const gflop = ditStepFlops(c, batch, h, h, CAPTION_LENGTH) / 1e9;
       const fp32Row = rows.find((r) => r.res === res && r.precision === 'fp32');
       rows.push({
@@ -86,5 +87,5 @@ export async function run(argv: string[]): Promise<void> {
     });
   }
   printTable(rows, Boolean(opts.json));
-  if (!opts.json) console.log(`peak RSS ${peakRssGiB().toFixed(2)} GiB; runs per row: 1 warm-up + ${opts.repeats} timed`);
+  if (!opts.json) console.log(`peak RSS ${peakRssGiB().toFixed(2)} GiB; runs per row: 1 warm-up + ${opts.repeats} timed, precisions in turn`);
 }

@@ -32,6 +32,23 @@ export async function timeRuns(fn: () => Promise<unknown>, repeats: number, warm
   return out;
 }
 
+/**
+ * Seconds per call of several functions timed in turn (a, b, a, b, …) after `warmup` calls each: a ratio between
+ * them then compares runs made under the same machine load, which drifts on a shared machine.
+ */
+export async function timeInterleaved(fns: (() => Promise<unknown>)[], repeats: number, warmup = 1): Promise<number[][]> {
+  for (const fn of fns) for (let i = 0; i < warmup; i++) await fn();
+  const out = fns.map((): number[] => []);
+  for (let i = 0; i < repeats; i++) {
+    for (const [j, fn] of fns.entries()) {
+      const t0 = performance.now();
+      await fn();
+      out[j]!.push((performance.now() - t0) / 1000);
+    }
+  }
+  return out;
+}
+
 /** Peak resident set size of this process (all threads, ORT workers included), in GiB. */
 export function peakRssGiB(): number {
   return (process.resourceUsage().maxRSS * 1024) / 2 ** 30;
