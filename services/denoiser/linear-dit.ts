@@ -412,10 +412,11 @@ class DitGraph {
       const depth = [this.wRows(`${prefix}.conv_depth.weight`, rows), this.wRows(`${prefix}.conv_depth.bias`, rows)];
       return g.op('Conv', [image, ...depth], { group: f, kernel_shape: [3, 3], pads: [1, 1, 1, 1] }); // [B,F,h,w]
     };
-    const value = half([0, f]);
-    const gate = half([f, 2 * f]);
-    const glu = g.transpose(g.mul(value, g.silu(gate)), [0, 2, 3, 1]); // [B,h,w,F]
-    return this.linear(g.reshape(glu, [0, -1, f]), `${prefix}.conv_point`, batch, false); // [B,N,D]
+    // each half back to tokens-major on its own (ORT turns that into an NCHWc reorder straight to channels-last; the
+    // Reshape keeps its transpose optimiser from moving the two transposes past the Mul into one slow Transpose)
+    const tokensMajor = (image: string) => g.reshape(g.transpose(image, [0, 2, 3, 1]), [0, -1, f]); // [B,N,F]
+    const glu = g.mul(tokensMajor(half([0, f])), tokensMajor(g.silu(half([f, 2 * f])))); // [B,N,F]
+    return this.linear(glu, `${prefix}.conv_point`, batch, false); // [B,N,D]
   }
 
   block(i: number, x: string, kv: { kT: string; v: string }, maskBias: string, t6: string, batch: string, nhwcShape: string): string {
