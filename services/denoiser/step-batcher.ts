@@ -1,7 +1,8 @@
 // Step-level continuous batching: requests whose transformer inputs have the same shape (latent size and caption
-// length) share one forward per step, each at its own step of its own schedule. A request joins the running batch
-// at the next step boundary and leaves it when its last step is done or it is cancelled; nothing else about it is
-// shared with its neighbours (solver state, timesteps, guidance scale, seed-drawn noise stay its own).
+// length, padding dropped: dropCaptionPadding) share one forward per step, each at its own step of its own schedule.
+// A request joins the running batch at the next step boundary and leaves it when its last step is done or it is
+// cancelled; nothing else about it is shared with its neighbours (solver state, timesteps, guidance scale,
+// seed-drawn noise stay its own).
 //
 //   jobs ─ group by [h, w, L] ─► rows [Σ rows_j, C, h, w] + per-row timestep ─ Linear-DiT ─► split by job
 //        ─ per job: CFG (its own scale) ─ learned-sigma split ─ its own Flow-DPM-Solver step ─ step event
@@ -21,6 +22,35 @@ export interface BatchingOptions {
   maxRows: number;
   /** milliseconds an idle batcher waits for more requests before its first forward (0: start at once) */
   maxWaitMs: number;
+}
+
+/** Caption lengths after dropping padding are multiples of this, so requests with similar prompts still share forwards. */
+export const CAPTION_LENGTH_STEP = 32;
+
+/**
+ * The caption [B,L,C] and mask [B,L] without the trailing positions that no row attends, kept to a multiple of
+ * CAPTION_LENGTH_STEP. Cross-attention adds -10000 to a masked position's score, so its softmax weight is exactly 0 and
+ * the dropped positions change nothing but the work (most of SANA's 300 positions are padding). Only right-padded
+ * masks (each row 1…1 0…0 with at least one 1) are shortened: a row with no attended position attends all of them.
+ */
+export function dropCaptionPadding(caption: HostTensor<Float32Array>, mask: HostTensor<BigInt64Array>): { caption: HostTensor<Float32Array>; mask: HostTensor<BigInt64Array> } {
+  const [batch, length, channels] = caption.dims;
+  let attended = 0;
+  for (let b = 0; b < batch; b++) {
+    const row = mask.data.subarray(b * length, (b + 1) * length);
+    const ones = row.indexOf(0n) === -1 ? length : row.indexOf(0n);
+    if (ones === 0 || row.subarray(ones).some((v) => v !== 0n)) return { caption, mask };
+    attended = Math.max(attended, ones);
+  }
+  const kept = Math.min(length, Math.ceil(attended / CAPTION_LENGTH_STEP) * CAPTION_LENGTH_STEP);
+  if (kept === length) return { caption, mask };
+  const keptCaption = new Float32Array(batch * kept * channels);
+  const keptMask = new BigInt64Array(batch * kept);
+  for (let b = 0; b < batch; b++) {
+    keptCaption.set(caption.data.subarray(b * length * channels, (b * length + kept) * channels), b * kept * channels);
+    keptMask.set(mask.data.subarray(b * length, b * length + kept), b * kept);
+  }
+  return { caption: tensor(keptCaption, [batch, kept, channels]), mask: tensor(keptMask, [batch, kept]) };
 }
 
 /** One request's denoising loop, advanced one step at a time by whoever runs its forwards. */
@@ -49,8 +79,9 @@ export class DenoiseJob {
     this.timesteps = this.scheduler.setTimesteps(request.numInferenceSteps).timesteps;
     this.guided = request.guidanceScale > 1;
     // CFG batch: unconditional rows first, as the reference concatenates them
-    this.caption = this.guided ? concatRows([request.negativeEmbeds!, request.promptEmbeds]) : request.promptEmbeds;
-    this.mask = this.guided ? concatRows([request.negativeMask!, request.promptMask]) : request.promptMask;
+    const caption = this.guided ? concatRows([request.negativeEmbeds!, request.promptEmbeds]) : request.promptEmbeds;
+    const mask = this.guided ? concatRows([request.negativeMask!, request.promptMask]) : request.promptMask;
+    ({ caption: this.caption, mask: this.mask } = dropCaptionPadding(caption, mask));
     this.dims = request.latents.dims;
     const [batch, channels, h, w] = this.dims;
     this.rows = this.guided ? 2 * batch : batch;
