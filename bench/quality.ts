@@ -1,6 +1,7 @@
 // `npm run bench -- quality --preset <pipeline-preset> --precision int8 [--json]`: the same seed and prompts through
 // fp32 and the chosen precision, stage by stage and for the whole pipeline:
-//   text-encoder   cosine / max relative error of the prompt and negative embeddings (when the model has one)
+//   text-encoder   cosine / max relative error of the prompt and negative embeddings at the attended positions
+//                  (when the model has one)
 //   denoiser step  the transformer's guided prediction at every step, both precisions fed the fp32 trajectory's
 //                  input (the per-step error of the stage alone)
 //   latents        final latents of a whole int8 denoising run vs fp32, from fp32 embeddings (denoiser) and, with a
@@ -100,6 +101,15 @@ function withScheduler(modelDir: string): string {
   return dir;
 }
 
+/** The embeddings [B,L,H] at the positions their mask attends, concatenated. */
+function attendedRows({ embeds, mask }: EncodeResult): Float32Array {
+  const hidden = embeds.dims[2];
+  const rows = [...mask.data.keys()].filter((i) => mask.data[i] === 1n);
+  const out = new Float32Array(rows.length * hidden);
+  rows.forEach((i, j) => out.set(embeds.data.subarray(i * hidden, (i + 1) * hidden), j * hidden));
+  return out;
+}
+
 /** Runs the report; rows in the order printed. */
 export async function qualityReport(options: QualityOptions): Promise<QualityRow[]> {
   if (!has(options.modelDir, 'transformer')) throw new Error(`${options.modelDir} has no transformer/: only the denoiser and text encoder run int8 (the decoder runs fp32)`);
@@ -117,8 +127,9 @@ export async function qualityReport(options: QualityOptions): Promise<QualityRow
   if (textParts) {
     fp32Text = await encodeBoth(textParts, {}, o.maxSequenceLength);
     lowText = await encodeBoth(textParts, o.precision, o.maxSequenceLength);
-    compare('text-encoder prompt', fp32Text.prompt.embeds.data, lowText.prompt.embeds.data);
-    compare('text-encoder negative', fp32Text.negative.embeds.data, lowText.negative.embeds.data);
+    // the positions the denoiser attends (int8 leaves padding at zero: it does not run Gemma-2 over it)
+    compare('text-encoder prompt', attendedRows(fp32Text.prompt), attendedRows(lowText.prompt));
+    compare('text-encoder negative', attendedRows(fp32Text.negative), attendedRows(lowText.negative));
   } else {
     const l = o.maxSequenceLength;
     const random = (seed: number): EncodeResult => ({

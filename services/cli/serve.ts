@@ -203,7 +203,7 @@ export async function startServe(config: ServeConfig, options: { registry?: Regi
       });
       if ((config.role === 'text-encoder' || config.role === 'all') && config.model) {
         shared.sharedCache = await KvEmbeddingCache.open(nc, {
-          modelKey: embeddingModelKey(path.join(config.model, 'text_encoder'), path.join(config.model, 'tokenizer')),
+          modelKey: `${embeddingModelKey(path.join(config.model, 'text_encoder'), path.join(config.model, 'tokenizer'))}/${config.precision ?? 'fp32'}`,
           ...config.sharedCache,
           registry,
           log,

@@ -15,7 +15,7 @@ import { Checkpoint } from '../common/safetensors.ts';
 import type { CachedEmbedding, SharedEmbeddingCache } from './cache.ts';
 
 export interface KvEmbeddingCacheOptions {
-  /** identifies the model (weights, config, tokenizer): embeddings of different models never mix */
+  /** identifies the model (weights, config, tokenizer) and its precision: embeddings of different ones never mix */
   modelKey: string;
   /** seconds an entry lives (default 1 day) */
   ttlSeconds?: number;

@@ -203,8 +203,11 @@ export class LocalTextEncoder implements TextEncoderStage {
   private async encodeRows(texts: string[], chi: string | null, msl: number, ctx: StageContext): Promise<CachedEmbedding[]> {
     if (ctx.signal?.aborted) throw new CancelledError();
     const batch = assembleTexts(this.tokenizer, texts, { chi, maxSequenceLength: msl }, chi === null ? undefined : this.chiLength(chi));
-    const { length: L } = batch;
     const B = texts.length;
+    // Rows are right-padded. Under int8 Gemma-2 runs only up to the last attended position of the batch: the causal
+    // attention keeps padding out of every attended position, and the denoiser gives padding zero weight, so its
+    // embeddings (left at zero) are work for nothing. fp32 computes them, as the reference does.
+    const L = this.model.precision === 'int8' ? Math.max(1, ...batch.attentionMask.map((m) => m.lastIndexOf(1) + 1)) : batch.length;
     const ids = new BigInt64Array(B * L);
     const attention = new BigInt64Array(B * L);
     for (let b = 0; b < B; b++) {
@@ -216,11 +219,12 @@ export class LocalTextEncoder implements TextEncoderStage {
     const out = await this.model.forward(tensor(ids, [B, L]), tensor(attention, [B, L]));
     this.encodedRows += B;
     const H = this.model.config.hidden_size;
-    const select = batch.select ?? Array.from({ length: L }, (_, t) => t);
+    const select = batch.select ?? Array.from({ length: batch.length }, (_, t) => t);
     return texts.map((_, b) => {
       const embeds = new Float32Array(msl * H);
       const mask = new BigInt64Array(msl);
       select.forEach((t, s) => {
+        if (t >= L) return; // padding that was not run: zero embedding, mask 0
         embeds.set(out.data.subarray((b * L + t) * H, (b * L + t + 1) * H), s * H);
         mask[s] = attention[b * L + t];
       });

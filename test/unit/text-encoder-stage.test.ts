@@ -149,6 +149,28 @@ describe('LocalTextEncoder', () => {
     expect(maxAbsErr(neg.embeds.data, direct.data)).toBe(0);
   });
 
+  test('int8 runs Gemma-2 up to the last attended position: attended rows as in the padded run, padding zero', async () => {
+    const int8 = await LocalTextEncoder.load(tiny, { cacheBytes: 0, precision: 'int8' });
+    try {
+      const prompts = ['a cat', 'a dog running in the park'];
+      const msl = 40;
+      const out = await int8.encode({ prompts, useComplexHumanInstruction: false, maxSequenceLength: msl });
+      const batch = assemblePrompts(int8.tokenizer, prompts, { chi: null, maxSequenceLength: msl });
+      const attended = batch.attentionMask.map((m) => m.lastIndexOf(1) + 1);
+      expect(Math.max(...attended)).toBeLessThan(msl);
+      // per-token activation scales and causal attention: the attended rows do not see the padding
+      const padded = await int8.model.forward(ids(batch.inputIds), ids(batch.attentionMask));
+      for (let b = 0; b < 2; b++) {
+        const attendedRows = attended[b] * 48;
+        expect(maxRelErr(out.embeds.data.subarray(b * msl * 48, b * msl * 48 + attendedRows), padded.data.subarray(b * msl * 48, b * msl * 48 + attendedRows))).toBeLessThan(1e-6);
+        expect(out.embeds.data.subarray(b * msl * 48 + Math.max(...attended) * 48, (b + 1) * msl * 48).every((v) => v === 0)).toBe(true);
+        expect(Array.from(out.mask.data.subarray(b * msl, (b + 1) * msl), Number)).toEqual(batch.attentionMask[b]);
+      }
+    } finally {
+      await int8.close();
+    }
+  });
+
   test('repeated prompts and the empty negative prompt are encoded once (cache, duplicates, concurrent requests)', async () => {
     const request = { prompts: ['a red cube', 'a red cube', 'A RED CUBE  '], useComplexHumanInstruction: true, maxSequenceLength: 10 };
     const before = stage.cacheStats();

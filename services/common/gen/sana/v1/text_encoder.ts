@@ -50,7 +50,10 @@ export interface EncodeRequest {
 export interface EncodeResponse {
   output:
     | //
-    /** [batch, max_sequence_length, hidden_size] float32 */
+    /**
+     * [batch, max_sequence_length, hidden_size] float32; a service running int8 leaves the positions its mask
+     * marks 0 at zero (padding: it does not run Gemma-2 over it)
+     */
     { $case: "promptEmbeds"; value: Tensor }
     | //
     /** [batch, max_sequence_length] int64, 1 for attended tokens */
