@@ -31,13 +31,14 @@ export async function run(argv: string[]): Promise<void> {
     .option('--tokenizer <dir>', "tokenizer folder for the stage rows (default: the checkpoint's, else a small test tokenizer)")
     .option('--max-sequence-length <n>', 'max_sequence_length of the stage rows', '300')
     .option('--precision <list>', 'fp32 | int8, comma-separated (int8 comes with fp32 rows)', 'fp32')
+    .option('--rounds <n>', 'with several precisions: their child processes take turns this many times (median of the rounds)', '1')
     .option('--json', 'one JSON object per row')
     .option('--child <precision>', 'internal: measure this one precision and print JSON rows')
     .parse(argv, { from: 'user' })
-    .opts<{ preset: string; tokens: string; batch: string; repeats: string; prepack: boolean; stage: boolean; tokenizer?: string; maxSequenceLength: string; precision: string; json?: boolean; child?: string }>();
+    .opts<{ preset: string; tokens: string; batch: string; repeats: string; prepack: boolean; stage: boolean; tokenizer?: string; maxSequenceLength: string; precision: string; rounds: string; json?: boolean; child?: string }>();
   const json = Boolean(opts.json);
   const precisions = opts.child ? [parsePrecision(opts.child, '--child')] : benchPrecisions(opts.precision);
-  if (precisions.length > 1) return runEachInChild(argv, precisions, json);
+  if (precisions.length > 1) return runEachInChild(argv, precisions, Number(opts.rounds), json);
   const batch = Number(opts.batch);
   const lengths = opts.tokens.split(',').map(Number);
 
@@ -132,19 +133,39 @@ export async function run(argv: string[]): Promise<void> {
   if (!json) console.log(`runs per row: 1 warm-up + ${opts.repeats} timed`);
 }
 
-/** One child process per precision (the same options, stage rows in the last one only); prints the merged tables. */
-function runEachInChild(argv: string[], precisions: Precision[], json: boolean): void {
-  const rows: Record<string, string | number>[] = [];
-  precisions.forEach((precision, i) => {
-    const last = i === precisions.length - 1;
-    const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, 'text-encoder', ...argv, '--child', precision, '--json', ...(last ? [] : ['--no-stage'])], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-      encoding: 'utf8',
-      maxBuffer: 64 * 2 ** 20,
+/**
+ * One child process per precision (the same options, stage rows in the last one's last round only), taking turns for
+ * `rounds` rounds so that the ratio compares runs under the same load; prints the merged tables (forward times: the
+ * median of the rounds' medians; memory: the last round's).
+ */
+function runEachInChild(argv: string[], precisions: Precision[], rounds: number, json: boolean): void {
+  if (!Number.isSafeInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got ${rounds}`);
+  let rows: Record<string, string | number>[] = [];
+  const roundTimes = new Map<string, number[]>(); // precision/tokens → each round's median_s
+  for (let round = 0; round < rounds; round++) {
+    if (round > 0) rows = [];
+    precisions.forEach((precision, i) => {
+      const last = i === precisions.length - 1 && round === rounds - 1;
+      const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, 'text-encoder', ...argv, '--child', precision, '--json', ...(last ? [] : ['--no-stage'])], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        encoding: 'utf8',
+        maxBuffer: 64 * 2 ** 20,
+      });
+      if (child.status !== 0) throw new Error(`the ${precision} child exited with ${child.status ?? child.signal}`);
+      for (const line of child.stdout.split('\n')) if (line.startsWith('{')) rows.push(JSON.parse(line) as Record<string, string | number>);
     });
-    if (child.status !== 0) throw new Error(`the ${precision} child exited with ${child.status ?? child.signal}`);
-    for (const line of child.stdout.split('\n')) if (line.startsWith('{')) rows.push(JSON.parse(line) as Record<string, string | number>);
-  });
+    for (const r of rows.filter((r) => r.stage === 'text-encoder')) {
+      const key = `${r.precision}/${r.tokens}`;
+      roundTimes.set(key, [...(roundTimes.get(key) ?? []), r.median_s as number]);
+    }
+  }
+  for (const r of rows.filter((r) => r.stage === 'text-encoder')) {
+    const times = roundTimes.get(`${r.precision}/${r.tokens}`)!;
+    r.median_s = median(times);
+    r.gflops = Number(((r.gflop as number) / r.median_s).toFixed(1));
+    r.of_peak = `${((100 * (r.gflops as number)) / (r.peak_gflops as number)).toFixed(1)}%`;
+    if (rounds > 1) r.rounds_s = times.join(' / ');
+  }
   const of = (stage: string) => rows.filter((r) => r.stage === stage);
   const ratio = (r: Record<string, string | number>, key: string, invert: boolean) => {
     const fp32 = rows.find((f) => f.stage === r.stage && f.precision === 'fp32' && f.tokens === r.tokens);
@@ -159,5 +180,5 @@ function runEachInChild(argv: string[], precisions: Precision[], json: boolean):
   printTable(of('encode()'), json);
   if (!json) console.log('');
   printTable(memory, json);
-  if (!json) console.log('each precision measured in its own process; rss_after_runs is its resident set after the timed forwards');
+  if (!json) console.log(`each precision measured in its own process${rounds > 1 ? `, ${rounds} rounds in turn` : ''}; rss_after_runs is its resident set after the timed forwards`);
 }
