@@ -15,6 +15,9 @@ export interface SessionOptions {
   /** false: idle intra-op threads sleep instead of spinning, so sessions sharing the cores do not steal them
    *  (ORT's default is to spin) */
   allowSpinning?: boolean;
+  /** the graph optimizer rewrites most weights (NCHWc conv filters): keep its saved result's weights in a file of
+   *  their own that later sessions map, not inline in the saved graph (ort-worker.ts createSession) */
+  optimizedWeightsApart?: boolean;
 }
 
 /**

@@ -13,18 +13,18 @@ const { modelPath, options, prefix } = workerData as { modelPath: string; option
 const port = parentPort!;
 
 const started = performance.now();
+/** ORT's session config entries */
+const sessionConfig: Record<string, string> = {
+  ...(options.disablePrepacking ? { disable_prepacking: '1' } : {}),
+  ...(options.allowSpinning === false ? { 'intra_op.allow_spinning': '0' } : {}),
+};
 const sessionOptions: ort.InferenceSession.SessionOptions = {
   intraOpNumThreads: options.intraOpThreads,
   interOpNumThreads: 1,
   executionMode: 'sequential',
   graphOptimizationLevel: options.graphOptimizationLevel ?? 'all',
   enableCpuMemArena: options.memoryArena ?? true,
-  extra: {
-    session: {
-      ...(options.disablePrepacking ? { disable_prepacking: '1' } : {}),
-      ...(options.allowSpinning === false ? { 'intra_op.allow_spinning': '0' } : {}),
-    },
-  },
+  extra: { session: sessionConfig },
 };
 const session = await createSession(modelPath);
 const prefixSession = prefix && (await createSession(prefix.modelPath));
@@ -48,15 +48,19 @@ const sameTensor = (a: HostTensor, b: HostTensor) =>
 /**
  * ORT's graph optimizations at level 'all' (fusions, layout transforms, reordering every conv filter into NCHWc
  * blocks) take seconds on large graphs, and their result depends only on the model, this ONNX Runtime and this CPU.
- * The first session saves it beside the model as `<stem>.optimized-<key>.onnx` (untouched weights stay external, by
- * reference); later ones load that with optimizations off: the int8 Linear-DiT's session is created in 1.0 s instead
- * of 3.4 s, the DC-AE decoder's about 2 s sooner. A folder that cannot be written just goes without.
+ * The first session saves it beside the model as `<stem>.optimized-<key>.onnx`; later ones load that with
+ * optimizations off (the int8 Linear-DiT's session: 1.0 s instead of 3.4 s). Weights the optimizer leaves alone stay
+ * in the model's own files, by reference; with `optimizedWeightsApart` the ones it rewrites go to a file of their own
+ * that later sessions map, instead of inline in the graph, whose parsing takes seconds when they are large (the DC-AE
+ * decoder's NCHWc filters: 0.1 s instead of 7.5 s). One session at a time writes (a lock file); a folder that cannot
+ * be written just goes without.
  */
 async function createSession(model: string): Promise<ort.InferenceSession> {
   if (sessionOptions.graphOptimizationLevel !== 'all') return ort.InferenceSession.create(model, sessionOptions);
   const dir = path.dirname(model);
   const base = path.basename(model, '.onnx');
-  const optimized = path.join(dir, `${base}.optimized-${optimizedKey(model)}.onnx`);
+  const stem = `${base}.optimized-${optimizedKey(model)}`;
+  const optimized = path.join(dir, `${stem}.onnx`);
   if (fs.existsSync(optimized)) {
     try {
       return await ort.InferenceSession.create(optimized, { ...sessionOptions, graphOptimizationLevel: 'disabled' });
@@ -64,32 +68,63 @@ async function createSession(model: string): Promise<ort.InferenceSession> {
       // unreadable: optimize again below, and replace it
     }
   }
-  const scratch = `${optimized}.${process.pid}-${threadId}.tmp`;
-  let created: ort.InferenceSession;
+  const lock = path.join(dir, `${stem}.lock`);
+  if (!takeLock(lock)) return ort.InferenceSession.create(model, sessionOptions);
+  const writer = `${process.pid}-${threadId}`;
+  const scratch = `${optimized}.${writer}.tmp`;
+  // a fresh name per writer: a file that another session maps is never rewritten in place
+  const weights = options.optimizedWeightsApart ? `${stem}.${writer}.weights.bin` : undefined;
+  const external = weights ? { optimized_model_external_initializers_file_name: weights, optimized_model_external_initializers_min_size_in_bytes: '1024' } : {};
   try {
-    fs.accessSync(dir, fs.constants.W_OK);
     // (errors only: ORT warns that such a file is for this machine alone, which its key sees to)
-    created = await ort.InferenceSession.create(model, { ...sessionOptions, optimizedModelFilePath: scratch, logSeverityLevel: 3 });
-  } catch {
-    fs.rmSync(scratch, { force: true });
-    return ort.InferenceSession.create(model, sessionOptions);
-  }
-  try {
+    const created = await ort.InferenceSession.create(model, {
+      ...sessionOptions,
+      optimizedModelFilePath: scratch,
+      logSeverityLevel: 3,
+      extra: { session: { ...sessionConfig, ...external } },
+    });
     fs.renameSync(scratch, optimized); // whole or not at all, for sessions created beside this one
-    // those of another runtime, CPU or model content would never be read again (unlinked: a session may still use one)
+    // what other runtimes, CPUs or model contents left would never be read again (unlinked: a session may map one)
     for (const f of fs.readdirSync(dir)) {
-      if (f.startsWith(`${base}.optimized-`) && f.endsWith('.onnx') && f !== path.basename(optimized)) fs.rmSync(path.join(dir, f), { force: true });
+      if (f.startsWith(`${base}.optimized-`) && (f.endsWith('.onnx') || f.endsWith('.weights.bin')) && f !== `${stem}.onnx` && f !== weights) {
+        fs.rmSync(path.join(dir, f), { force: true });
+      }
     }
+    return created;
   } catch {
-    fs.rmSync(scratch, { force: true });
+    for (const f of [scratch, weights && path.join(dir, weights)]) if (f) fs.rmSync(f, { force: true });
+    return ort.InferenceSession.create(model, sessionOptions);
+  } finally {
+    fs.rmSync(lock, { force: true });
   }
-  return created;
+}
+
+/** A writer left a lock this old behind when it died. */
+const STALE_LOCK_MS = 10 * 60 * 1000;
+
+/** Creates the lock file; false when another writer holds it or the folder cannot be written. */
+function takeLock(lock: string): boolean {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.closeSync(fs.openSync(lock, 'wx'));
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') return false;
+      try {
+        if (Date.now() - fs.statSync(lock).mtimeMs < STALE_LOCK_MS) return false;
+        fs.rmSync(lock, { force: true });
+      } catch {
+        return false;
+      }
+    }
+  }
+  return false;
 }
 
 /**
- * What an optimized graph depends on: ONNX Runtime's version, the CPU (its NCHWc block size and kernels), the model's
- * bytes and the files beside it (its external weights; compiled folders never change, but a model rewritten in place
- * must not meet an old optimized graph).
+ * What an optimized graph depends on: ONNX Runtime's version, the CPU (its NCHWc block size and kernels), where its
+ * weights go, the model's bytes and the files beside it (its external weights; compiled folders never change, but a
+ * model rewritten in place must not meet an old optimized graph).
  */
 function optimizedKey(model: string): string {
   let cpu = os.cpus()[0]?.model ?? '';
@@ -98,7 +133,7 @@ function optimizedKey(model: string): string {
   } catch {
     // not Linux: the model name alone
   }
-  const h = crypto.createHash('sha256').update(`${ort.env.versions.common} ${process.arch} ${cpu}\n`).update(fs.readFileSync(model));
+  const h = crypto.createHash('sha256').update(`${ort.env.versions.common} ${process.arch} ${cpu} ${options.optimizedWeightsApart ? 'apart' : 'inline'}\n`).update(fs.readFileSync(model));
   const dir = path.dirname(model);
   for (const f of fs.readdirSync(dir).sort()) {
     const st = fs.statSync(path.join(dir, f));

@@ -38,7 +38,8 @@ export function dropCaptionPadding(caption: HostTensor<Float32Array>, mask: Host
   let attended = 0;
   for (let b = 0; b < batch; b++) {
     const row = mask.data.subarray(b * length, (b + 1) * length);
-    const ones = row.indexOf(0n) === -1 ? length : row.indexOf(0n);
+    const firstZero = row.indexOf(0n);
+    const ones = firstZero === -1 ? length : firstZero;
     if (ones === 0 || row.subarray(ones).some((v) => v !== 0n)) return { caption, mask };
     attended = Math.max(attended, ones);
   }

@@ -1,6 +1,7 @@
 // The ONNX Runtime worker's optimized-graph cache on real sessions: the first session saves ORT's optimized graph
-// beside the model, later ones load it and compute the same bits; a damaged file is rebuilt, and a model rewritten
-// in place never meets the optimized graph of its old content.
+// beside the model (its rewritten weights inline or in a file of their own), later ones load it and compute the same
+// bits; a damaged file is rebuilt, a model rewritten in place never meets the optimized graph of its old content, and
+// while another writer holds the lock a session is created without writing.
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
@@ -24,8 +25,8 @@ function writeModel(dir: string, scale: number): string {
 const input = { x: tensor(Float32Array.from({ length: CHANNELS * 64 }, (_, i) => Math.cos(i)), [1, CHANNELS, 8, 8]) };
 const optimizedFiles = (dir: string) => fs.readdirSync(dir).filter((f) => f.includes('.optimized-'));
 
-async function runOnce(model: string): Promise<Float32Array> {
-  const session = await OrtSession.create(model);
+async function runOnce(model: string, optimizedWeightsApart = false): Promise<Float32Array> {
+  const session = await OrtSession.create(model, { optimizedWeightsApart });
   try {
     return (await session.run(input)).y!.data as Float32Array;
   } finally {
@@ -42,6 +43,30 @@ describe('optimized graphs', () => {
     const again = await runOnce(model);
     expect(Array.from(again)).toEqual(Array.from(first));
     expect(optimizedFiles(dir)).toHaveLength(1);
+  });
+
+  test('rewritten weights apart: a file of their own beside the graph, the same bits, old ones removed', async () => {
+    const dir = tempDir('ort-optimized');
+    const model = writeModel(dir, 2);
+    const first = await runOnce(model, true);
+    const files = optimizedFiles(dir).sort();
+    expect(files.map((f) => f.replace(/^model\.optimized-[0-9a-f]{16}/, '*').replace(/\.\d+-\d+\./, '.W.'))).toEqual(['*.W.weights.bin', '*.onnx']);
+    expect(Array.from(await runOnce(model, true))).toEqual(Array.from(first));
+    writeModel(dir, 3);
+    await runOnce(model, true);
+    expect(optimizedFiles(dir)).toHaveLength(2);
+    expect(optimizedFiles(dir).some((f) => files.includes(f))).toBe(false);
+  });
+
+  test('while another writer holds the lock, a session is created without writing', async () => {
+    const dir = tempDir('ort-optimized');
+    const model = writeModel(dir, 2);
+    const reference = await runOnce(model);
+    const [file] = optimizedFiles(dir);
+    fs.rmSync(path.join(dir, file!));
+    fs.writeFileSync(path.join(dir, file!.replace(/\.onnx$/, '.lock')), '');
+    expect(Array.from(await runOnce(model))).toEqual(Array.from(reference));
+    expect(optimizedFiles(dir)).toEqual([file!.replace(/\.onnx$/, '.lock')]);
   });
 
   test('a damaged optimized graph is rebuilt; a model rewritten in place gets its own', async () => {
