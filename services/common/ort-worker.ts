@@ -52,7 +52,7 @@ const sameTensor = (a: HostTensor, b: HostTensor) =>
  * optimizations off (the int8 Linear-DiT's session: 1.0 s instead of 3.4 s). Weights the optimizer leaves alone stay
  * in the model's own files, by reference; with `optimizedWeightsApart` the ones it rewrites go to a file of their own
  * that later sessions map, instead of inline in the graph, whose parsing takes seconds when they are large (the DC-AE
- * decoder's NCHWc filters: 0.1 s instead of 7.5 s). One session at a time writes (a lock file); a folder that cannot
+ * decoder's NCHWc filters: 0.2 s instead of 7.5 s). One session at a time writes (a lock file); a folder that cannot
  * be written just goes without.
  */
 async function createSession(model: string): Promise<ort.InferenceSession> {
