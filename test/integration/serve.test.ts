@@ -237,6 +237,8 @@ describe('sana serve all', () => {
     const dropped = async () =>
       (await metricValue('sana_previews_dropped_total', { service: 'gateway' })) + (await metricValue('sana_previews_dropped_total', { service: 'denoiser' }));
     const denoised = () => metricValue('sana_denoiser_steps_total', { service: 'denoiser' });
+    // the requests the test before cancelled may still be ending their current step at the denoiser
+    await waitFor(async () => (await metricValue('sana_grpc_requests_in_flight', { service: 'denoiser', method: 'Denoise' })) === 0);
     const [droppedBefore, stepsBefore] = [await dropped(), await denoised()];
     const { stream, session } = unreadGenerate(gateway(), { ...LONG_REQUEST, numInferenceSteps: steps, previewEvery: 1 });
     // every step is computed while the client reads nothing: previews that do not fit are skipped, not queued
