@@ -84,12 +84,9 @@ async function createSession(model: string): Promise<ort.InferenceSession> {
       extra: { session: { ...sessionConfig, ...external } },
     });
     fs.renameSync(scratch, optimized); // whole or not at all, for sessions created beside this one
-    // what other runtimes, CPUs or model contents left would never be read again (unlinked: a session may map one)
-    for (const f of fs.readdirSync(dir)) {
-      if (f.startsWith(`${base}.optimized-`) && (f.endsWith('.onnx') || f.endsWith('.weights.bin')) && f !== `${stem}.onnx` && f !== weights) {
-        fs.rmSync(path.join(dir, f), { force: true });
-      }
-    }
+    // the weights of the graph this one replaced (unlinked: a session may still map them). Other keys' files stay:
+    // machines of another CPU may share this folder and use theirs.
+    for (const f of fs.readdirSync(dir)) if (f.startsWith(`${stem}.`) && f.endsWith('.weights.bin') && f !== weights) fs.rmSync(path.join(dir, f), { force: true });
     return created;
   } catch {
     for (const f of [scratch, weights && path.join(dir, weights)]) if (f) fs.rmSync(f, { force: true });
