@@ -143,7 +143,7 @@ function runEachInChild(argv: string[], precisions: Precision[], rounds: number,
   let rows: Record<string, string | number>[] = [];
   const roundTimes = new Map<string, number[]>(); // precision/tokens → each round's median_s
   for (let round = 0; round < rounds; round++) {
-    if (round > 0) rows = [];
+    rows = [];
     precisions.forEach((precision, i) => {
       const last = i === precisions.length - 1 && round === rounds - 1;
       const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, 'text-encoder', ...argv, '--child', precision, '--json', ...(last ? [] : ['--no-stage'])], {
