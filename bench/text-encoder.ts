@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
 import { cacheRoot } from '../services/common/compile-cache.ts';
+import { InvalidArgumentError } from '../services/common/errors.ts';
 import { tensor } from '../services/common/tensor.ts';
 import { Gemma2Model, gemma2ForwardFlops } from '../services/text-encoder/gemma2.ts';
 import { LocalTextEncoder } from '../services/text-encoder/stage.ts';
@@ -139,7 +140,7 @@ export async function run(argv: string[]): Promise<void> {
  * median of the rounds' medians; memory: the last round's).
  */
 function runEachInChild(argv: string[], precisions: Precision[], rounds: number, json: boolean): void {
-  if (!Number.isSafeInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got ${rounds}`);
+  if (!Number.isSafeInteger(rounds) || rounds < 1) throw new InvalidArgumentError('--rounds', `must be a positive integer, got ${rounds}`);
   let rows: Record<string, string | number>[] = [];
   const roundTimes = new Map<string, number[]>(); // precision/tokens → each round's median_s
   for (let round = 0; round < rounds; round++) {

@@ -22,14 +22,7 @@ export function quantile(values: number[], q: number): number {
 
 /** Runs `fn` `warmup` times untimed, then `repeats` times; returns the seconds of each timed run. */
 export async function timeRuns(fn: () => Promise<unknown>, repeats: number, warmup = 1): Promise<number[]> {
-  for (let i = 0; i < warmup; i++) await fn();
-  const out: number[] = [];
-  for (let i = 0; i < repeats; i++) {
-    const t0 = performance.now();
-    await fn();
-    out.push((performance.now() - t0) / 1000);
-  }
-  return out;
+  return (await timeInterleaved([fn], repeats, warmup))[0]!;
 }
 
 /**

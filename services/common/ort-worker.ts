@@ -124,19 +124,23 @@ function takeLock(lock: string): boolean {
  * model rewritten in place must not meet an old optimized graph).
  */
 function optimizedKey(model: string): string {
-  let cpu = os.cpus()[0]?.model ?? '';
-  try {
-    cpu += fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '';
-  } catch {
-    // not Linux: the model name alone
-  }
-  const h = crypto.createHash('sha256').update(`${ort.env.versions.common} ${process.arch} ${cpu} ${options.optimizedWeightsApart ? 'apart' : 'inline'}\n`).update(fs.readFileSync(model));
+  const h = crypto.createHash('sha256').update(`${ort.env.versions.common} ${process.arch} ${cpuDescription()} ${options.optimizedWeightsApart ? 'apart' : 'inline'}\n`).update(fs.readFileSync(model));
   const dir = path.dirname(model);
   for (const f of fs.readdirSync(dir).sort()) {
     const st = fs.statSync(path.join(dir, f));
     if (st.isFile() && !f.includes('.optimized-') && f !== path.basename(model)) h.update(`${f}:${st.size}:${st.mtimeMs}\n`);
   }
   return h.digest('hex').slice(0, 16);
+}
+
+/** The CPU's model name and (on Linux) its feature flags. */
+function cpuDescription(): string {
+  const model = os.cpus()[0]?.model ?? '';
+  try {
+    return model + (fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '');
+  } catch {
+    return model; // not Linux
+  }
 }
 
 /** The prefix outputs for these feeds: kept ones when the same feeds came before, else a fresh prefix run. */

@@ -1,7 +1,7 @@
 // W8A8 int8: the recipe's GEMMs as ONNX Runtime runs them, and the tiny models' quality against fp32 with the
 // tolerances of the quality report (`npm run bench -- quality --preset tiny --precision int8`: denoiser steps
-// cosine ≥ 0.99994, final latents 0.99996 and 47.6 dB, whole pipeline 44.3 dB, text embeddings cosine ≥ 0.99992 with
-// the text encoder's per-token, partly two-pass activations).
+// cosine ≥ 0.99994, final latents 0.99996 and 47.6 dB, whole pipeline 44.3 dB, text embeddings at the attended
+// positions cosine ≥ 0.99996 with the text encoder's per-token, partly two-pass activations).
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import {
