@@ -18,7 +18,7 @@ export async function run(argv: string[]): Promise<void> {
     .option('--preset <name>', 'transformer preset', 'sana-600m-1024')
     .option('--res <list>', 'image resolutions (square), comma-separated', '512,1024,2048')
     .option('--batch <n>', 'batch rows per forward (2 = one image with CFG)', '2')
-    .option('--repeats <n>', 'timed forwards per resolution and precision (after one warm-up), the precisions in turn', '3')
+    .option('--repeats <n>', 'timed forwards per resolution and precision (after one warm-up), the precisions in turn', '5')
     .option('--precision <list>', 'fp32 | int8, comma-separated (int8 comes with fp32 rows)', 'fp32')
     .option('--smooth <alpha>', 'int8 SmoothQuant α (off when absent)')
     .option('--outliers <ratio>', 'int8: split input channels above ratio × the median channel max out to fp32 (off when absent)')

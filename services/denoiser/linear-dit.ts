@@ -8,9 +8,10 @@
 //                      x += gate_mlp · MixFFN(LN(x)·(1+scale_mlp)+shift_mlp)             (1×1, 3×3 dw, GLU, 1×1)
 //   LN(x)·(1+scale)+shift ─ proj_out ─ unpatchify ─► [B,C_out,H,W]
 //
-// Two graphs: caption.onnx (the caption MLP and every block's cross-attention K/V, which depend on the caption only)
-// and model.onnx (one denoising step, taking those K/V as inputs); the ONNX Runtime worker runs the caption graph once
-// per distinct caption and keeps its outputs for the request's later steps (ort-session.ts PrefixModel).
+// Two graphs: caption.onnx (the caption MLP and every block's cross-attention K/V with the mask's bias as one more key
+// row, which depend on the caption and its mask only) and model.onnx (one denoising step, taking those K/V as inputs);
+// the ONNX Runtime worker runs the caption graph once per distinct caption and keeps its outputs for the request's
+// later steps (ort-session.ts PrefixModel).
 // Weights are addressed by the checkpoint's own keys; the graphs are compiled once per checkpoint content and precision.
 // Precision int8 runs the block linears of DIT_INT8_LAYERS as W8A8 (services/common/int8-recipe.ts), optionally
 // smoothed and with outlier input channels split out to fp32, both calibrated once at compile time; everything else
@@ -74,6 +75,8 @@ const CAPTION_GRAPH = 'caption'; // caption.onnx beside model.onnx
 /** captions whose cross-attention K/V the session keeps (a request's steps reuse one; batched steps another) */
 const KEPT_CAPTIONS = 2;
 const MASK_BIAS = -10000; // diffusers turns the 0/1 caption mask into (1-m)·-10000, not -inf
+/** α of softmax(α·q·kᵀ + bias) */
+const crossAttentionScale = (headDim: number) => 1 / Math.sqrt(headDim);
 
 export function loadLinearDitConfig(file: string): LinearDitConfig {
   const c = loadConfig(file, LinearDitConfig);
@@ -208,6 +211,18 @@ interface Calibration {
   outliers: Map<string, number[]>;
 }
 
+/** A row-major matrix of `width`-value rows with a row of `value`s inserted after every `every` rows. */
+function insertRowsAfterEvery(m: Float32Array, width: number, every: number, value: number): Float32Array {
+  const rows = m.length / width;
+  if (rows % every !== 0) throw new Error(`internal: ${rows} rows are not groups of ${every}`);
+  const out = new Float32Array((rows + rows / every) * width);
+  for (let group = 0; group < rows / every; group++) {
+    out.set(m.subarray(group * every * width, (group + 1) * every * width), group * (every + 1) * width);
+    out.fill(value, ((group + 1) * (every + 1) - 1) * width, (group + 1) * (every + 1) * width);
+  }
+  return out;
+}
+
 // ---- the graph ----
 
 class DitGraph {
@@ -254,9 +269,11 @@ class DitGraph {
 
   /**
    * x [M,in] · Wᵀ + b with the checkpoint's [out,in] weight used in place (Gemm transB), or W8A8 under int8;
-   * `rows` takes only output channels [start, end) of the layer.
+   * `rows` takes only output channels [start, end) of the layer. `onesAfter` (W8A8 layers only) appends an output
+   * channel of exactly 1 after every that many: a zero weight row with bias 1, so the GEMM writes the ones column the
+   * attention needs (headsWithOnes) and no Pad pass copies the tensor again.
    */
-  linear2d(x: string, prefix: string, bias = true, rows?: Rows): string {
+  linear2d(x: string, prefix: string, bias = true, rows?: Rows, onesAfter?: number): string {
     const shape = this.weights.shape(`${prefix}.weight`);
     const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
     const [start, end] = rows ?? [0, shape[0]!];
@@ -287,15 +304,22 @@ class DitGraph {
           }
         }
         const input = this.groupInputs.get(group) ?? x;
-        const name = rows ? `${prefix}[${start}:${end}]` : prefix;
-        const y = g.int8Linear(input, name, weight, [outDim, inDim], bias ? this.wRows(`${prefix}.bias`, rows) : undefined, this.int8.options.activations);
+        const name = rows ? `${prefix}[${start}:${end}]` : onesAfter ? `${prefix}+ones` : prefix;
+        // the ones channels: zero weight rows (and outlier columns), bias 1
+        const ones = (m: Float32Array, width: number, one: number) => (onesAfter ? insertRowsAfterEvery(m, width, onesAfter, one) : m);
+        const outWithOnes = onesAfter ? outDim + outDim / onesAfter : outDim;
+        const biasValues = bias ? this.weights.read(`${prefix}.bias`).subarray(start, end) : new Float32Array(outDim);
+        const biasInput = onesAfter ? g.weight(`${name}.bias`, [outWithOnes], ones(biasValues, 1, 1)) : bias ? this.wRows(`${prefix}.bias`, rows) : undefined;
+        const y = g.int8Linear(input, name, ones(weight, inDim, 0), [outWithOnes, inDim], biasInput, this.int8.options.activations);
         if (outliers.length === 0) return y;
         // the split-out channels in fp32: X[:, O] · W[:, O]ᵀ
         const columns = new Float32Array(outDim * outliers.length);
         for (let r = 0; r < outDim; r++) outliers.forEach((i, j) => (columns[r * outliers.length + j] = original[r * inDim + i]!));
-        return g.add(y, g.op('Gemm', [this.groupOutliers.get(group)!, g.weight(`${name}.outlier_columns`, [outDim, outliers.length], columns)], { transB: 1 }));
+        const outlierWeight = g.weight(`${name}.outlier_columns`, [outWithOnes, outliers.length], ones(columns, outliers.length, 0));
+        return g.add(y, g.op('Gemm', [this.groupOutliers.get(group)!, outlierWeight], { transB: 1 }));
       }
     }
+    if (onesAfter) throw new Error(`internal: ${prefix} is not a W8A8 layer: its ones channels need a Pad`);
     const inputs = [x, this.wRows(`${prefix}.weight`, rows, true)];
     if (bias) inputs.push(this.wRows(`${prefix}.bias`, rows));
     return this.g.op('Gemm', inputs, { transB: 1 });
@@ -307,6 +331,22 @@ class DitGraph {
     const inDim = shape.slice(1).reduce((a, b) => a * b, 1);
     const y = this.linear2d(this.g.reshape(x, [-1, inDim]), prefix, bias, rows);
     return this.g.reshape(y, this.g.concat([batch, this.g.ints([-1, rows ? rows[1] - rows[0] : shape[0]!])], 0));
+  }
+
+  /**
+   * x [B,T,in] → [B,T,heads,d+1]: the layer's output split into heads of d channels, each followed by a channel of
+   * exactly 1 (the ones column of the attention below). A W8A8 layer computes the ones itself (linear2d `onesAfter`);
+   * otherwise, or when an RMSNorm must see the output first, a Pad appends them.
+   */
+  headsWithOnes(x: string, prefix: string, batch: string, bias: boolean, heads: number, d: number, normKey?: string): string {
+    const { g } = this;
+    const inDim = this.weights.shape(`${prefix}.weight`)[1]!;
+    if (!normKey && this.int8?.kind === 'quantize' && isDitInt8Layer(prefix)) {
+      return g.reshape(this.linear2d(g.reshape(x, [-1, inDim]), prefix, bias, undefined, d), g.concat([batch, g.ints([-1, heads, d + 1])], 0));
+    }
+    let y = this.linear(x, prefix, batch, bias); // [B,T,h·d]
+    if (normKey) y = this.rmsNorm(y, normKey, QK_NORM_EPS);
+    return g.op('Pad', [g.reshape(y, [0, 0, heads, d]), g.ints([0, 0, 0, 0, 0, 0, 0, 1]), g.scalar(1)]); // [B,T,h,d+1]
   }
 
   layerNorm(x: string, eps: number, affinePrefix?: string): string {
@@ -350,7 +390,7 @@ class DitGraph {
     const d = c.attention_head_dim;
     let q = this.linear(x, `${prefix}.to_q`, batch, c.attention_bias); // [B,N,D]
     let k = this.linear(x, `${prefix}.to_k`, batch, c.attention_bias);
-    const v = this.linear(x, `${prefix}.to_v`, batch, c.attention_bias);
+    const vOnes = this.headsWithOnes(x, `${prefix}.to_v`, batch, c.attention_bias, heads, d); // [B,N,h,d+1]
     if (c.qk_norm) {
       q = this.rmsNorm(q, `${prefix}.norm_q.weight`, QK_NORM_EPS);
       k = this.rmsNorm(k, `${prefix}.norm_k.weight`, QK_NORM_EPS);
@@ -358,9 +398,7 @@ class DitGraph {
     const headsView = (t: string) => g.reshape(t, [0, 0, heads, d]); // [B,N,h,d]
     const qh = g.transpose(g.relu(headsView(q)), [0, 2, 1, 3]); // [B,h,N,d]
     const kT = g.transpose(g.relu(headsView(k)), [0, 2, 3, 1]); // [B,h,d,N]
-    const vh = g.transpose(headsView(v), [0, 2, 1, 3]); // [B,h,N,d]
-    const vOnes = g.op('Pad', [vh, g.ints([0, 0, 0, 0, 0, 0, 0, 1]), g.scalar(1)]); // [B,h,N,d+1]
-    const kv = g.matmul(kT, vOnes); // [B,h,d,d+1]
+    const kv = g.matmul(kT, g.transpose(vOnes, [0, 2, 1, 3])); // [B,h,d,d+1]
     const out = g.matmul(qh, kv); // [B,h,N,d+1]
     const [num, den] = g.split(out, 3, [d, 1]);
     const attn = g.div(num, g.add(den, g.scalar(1e-15))); // [B,h,N,d]
@@ -368,8 +406,11 @@ class DitGraph {
     return this.linear(merged, `${prefix}.to_out.0`, batch);
   }
 
-  /** Cross-attention keys and values over the caption y [B,L,D]: kT [B,h,d,L], v [B,h,L,d] (caption graph). */
-  crossKeysValues(y: string, prefix: string, batch: string): { kT: string; v: string } {
+  /**
+   * Cross-attention keys and values over the caption y [B,L,D]: kT [B,h,d+1,L], whose last row per head is the
+   * caption mask's bias row (crossAttention), and v [B,h,L,d] (caption graph).
+   */
+  crossKeysValues(y: string, maskRows: string, prefix: string, batch: string): { kT: string; v: string } {
     const { g, c } = this;
     const heads = c.num_cross_attention_heads;
     const d = c.cross_attention_head_dim;
@@ -377,21 +418,25 @@ class DitGraph {
     const v = this.linear(y, `${prefix}.to_v`, batch);
     if (c.qk_norm) k = this.rmsNorm(k, `${prefix}.norm_k.weight`, QK_NORM_EPS);
     return {
-      kT: g.transpose(g.reshape(k, [0, 0, heads, d]), [0, 2, 3, 1]), // [B,h,d,L]
+      kT: g.concat([g.transpose(g.reshape(k, [0, 0, heads, d]), [0, 2, 3, 1]), maskRows], 2), // [B,h,d+1,L]
       v: g.transpose(g.reshape(v, [0, 0, heads, d]), [0, 2, 1, 3]), // [B,h,L,d]
     };
   }
 
-  /** Softmax cross-attention over the caption tokens with the caption mask as an additive -10000 bias. */
-  crossAttention(x: string, kv: { kT: string; v: string }, maskBias: string, prefix: string, batch: string): string {
+  /**
+   * Softmax cross-attention over the caption tokens with the caption mask as an additive -10000 bias. The bias rides
+   * in the scores' matmul: q gets a ones column and kT the row (1−m)·(-10000)/α, so α·[q 1]·kT = α·q·kᵀ + bias without
+   * a pass over the [B,h,N,L] scores to add it. Attended positions add exactly 0 (the same bits as q·kᵀ alone); masked
+   * ones get a softmax weight of exactly 0, as with the bias added, whenever their row attends anything.
+   */
+  crossAttention(x: string, kv: { kT: string; v: string }, prefix: string, batch: string): string {
     const { g, c } = this;
     const { crossInner } = this.dims;
     const heads = c.num_cross_attention_heads;
     const d = c.cross_attention_head_dim;
-    let q = this.linear(x, `${prefix}.to_q`, batch); // [B,N,Dx]
-    if (c.qk_norm) q = this.rmsNorm(q, `${prefix}.norm_q.weight`, QK_NORM_EPS);
-    const qh = g.transpose(g.reshape(q, [0, 0, heads, d]), [0, 2, 1, 3]); // [B,h,N,d]
-    const scores = g.add(g.mul(g.matmul(qh, kv.kT), g.scalar(1 / Math.sqrt(d))), maskBias); // [B,h,N,L]
+    const qOnes = this.headsWithOnes(x, `${prefix}.to_q`, batch, true, heads, d, c.qk_norm ? `${prefix}.norm_q.weight` : undefined); // [B,N,h,d+1]
+    const qh = g.transpose(qOnes, [0, 2, 1, 3]); // [B,h,N,d+1]
+    const scores = g.mul(g.matmul(qh, kv.kT), g.scalar(crossAttentionScale(d))); // [B,h,N,L]
     const attn = g.matmul(g.op('Softmax', [scores], { axis: -1 }), kv.v); // [B,h,N,d]
     const merged = g.reshape(g.transpose(attn, [0, 2, 1, 3]), [0, 0, crossInner]); // [B,N,Dx]
     return this.linear(merged, `${prefix}.to_out.0`, batch);
@@ -419,7 +464,7 @@ class DitGraph {
     return this.linear(glu, `${prefix}.conv_point`, batch, false); // [B,N,D]
   }
 
-  block(i: number, x: string, kv: { kT: string; v: string }, maskBias: string, t6: string, batch: string, nhwcShape: string): string {
+  block(i: number, x: string, kv: { kT: string; v: string }, t6: string, batch: string, nhwcShape: string): string {
     const { g, c } = this;
     const { inner } = this.dims;
     const b = `transformer_blocks.${i}`;
@@ -431,7 +476,7 @@ class DitGraph {
     const h1 = this.modulate(this.layerNorm(x, c.norm_eps), g.add(scaleMsa, one), shiftMsa);
     x = g.add(x, g.mul(gateMsa, this.linearAttention(h1, `${b}.attn1`, batch)));
     // 3. cross-attention on the un-normalised stream
-    x = g.add(x, this.crossAttention(x, kv, maskBias, `${b}.attn2`, batch));
+    x = g.add(x, this.crossAttention(x, kv, `${b}.attn2`, batch));
     // 4. Mix-FFN
     const h2 = this.modulate(this.layerNorm(x, c.norm_eps, c.norm_elementwise_affine ? `${b}.norm2` : undefined), g.add(scaleMlp, one), shiftMlp);
     return g.add(x, g.mul(gateMlp, this.mixFfn(h2, `${b}.ff`, batch, nhwcShape)));
@@ -449,7 +494,11 @@ class DitGraph {
     const heads = c.num_cross_attention_heads;
     const d = c.cross_attention_head_dim;
     const caption = g.input('encoder_hidden_states', ElemType.FLOAT, ['batch', 'caption_length', c.caption_channels]);
+    const mask = g.input('encoder_attention_mask', ElemType.INT64, ['batch', 'caption_length']);
     const batch = g.shape(caption, 0, 1); // [1] int64
+    // the mask as one more key row per head: (1−m)·(-10000)/α, [B,h,1,L] (crossAttention)
+    const biasRow = g.mul(g.sub(g.scalar(1), g.cast(mask, ElemType.FLOAT)), g.scalar(MASK_BIAS / crossAttentionScale(d)));
+    const maskRows = g.op('Expand', [g.unsqueeze(biasRow, [1, 2]), g.concat([batch, g.ints([heads, 1]), g.shape(mask, 1, 2)], 0)]);
     // MLP with tanh-GELU, then RMSNorm → y [B,L,D]
     const y = this.rmsNorm(
       this.linear(g.geluTanh(this.linear(caption, 'caption_projection.linear_1', batch)), 'caption_projection.linear_2', batch),
@@ -457,8 +506,8 @@ class DitGraph {
       CAPTION_NORM_EPS,
     );
     for (let i = 0; i < c.num_layers; i++) {
-      const { kT, v } = this.crossKeysValues(y, `transformer_blocks.${i}.attn2`, batch);
-      g.output(kT, `cross_k.${i}`, ElemType.FLOAT, ['batch', heads, d, 'caption_length']);
+      const { kT, v } = this.crossKeysValues(y, maskRows, `transformer_blocks.${i}.attn2`, batch);
+      g.output(kT, `cross_k.${i}`, ElemType.FLOAT, ['batch', heads, d + 1, 'caption_length']);
       g.output(v, `cross_v.${i}`, ElemType.FLOAT, ['batch', heads, 'caption_length', d]);
     }
     g.finish();
@@ -473,7 +522,6 @@ class DitGraph {
     const heads = c.num_cross_attention_heads;
     const d = c.cross_attention_head_dim;
     const hidden = g.input('hidden_states', ElemType.FLOAT, ['batch', c.in_channels, 'height', 'width']);
-    const mask = g.input('encoder_attention_mask', ElemType.INT64, ['batch', 'caption_length']);
     const timestep = g.input('timestep', ElemType.FLOAT, ['batch']);
     const batch = g.shape(hidden, 0, 1); // [1] int64
 
@@ -495,16 +543,14 @@ class DitGraph {
     );
     const t6 = this.linear2d(g.silu(tEmb), 'time_embed.linear');
 
-    // caption: the keys and values from the caption graph; mask → additive bias [B,1,1,L]
+    // caption: the keys (with the mask's bias row) and values from the caption graph
     const crossKv = Array.from({ length: c.num_layers }, (_, i) => ({
-      kT: g.input(`cross_k.${i}`, ElemType.FLOAT, ['batch', heads, d, 'caption_length']),
+      kT: g.input(`cross_k.${i}`, ElemType.FLOAT, ['batch', heads, d + 1, 'caption_length']),
       v: g.input(`cross_v.${i}`, ElemType.FLOAT, ['batch', heads, 'caption_length', d]),
     }));
-    const maskF = g.cast(mask, ElemType.FLOAT);
-    const maskBias = g.unsqueeze(g.mul(g.sub(g.scalar(1), maskF), g.scalar(MASK_BIAS)), [1, 2]);
 
     const nhwcShape = g.concat([batch, hw, g.ints([this.dims.ffHidden])], 0); // one Mix-FFN half, [B,h,w,F]
-    for (let i = 0; i < c.num_layers; i++) x = this.block(i, x, crossKv[i]!, maskBias, t6, batch, nhwcShape);
+    for (let i = 0; i < c.num_layers; i++) x = this.block(i, x, crossKv[i]!, t6, batch, nhwcShape);
 
     // final modulated norm: (table[2,D] + t[:,None]) → shift, scale
     const finalMod = g.add(this.w('scale_shift_table'), g.unsqueeze(tEmb, [1])); // [B,2,D]

@@ -112,7 +112,7 @@ describe('Linear-DiT loading', () => {
     await dit.close();
   });
 
-  test('the caption K/V are computed once per caption and reused by later steps, never for another caption', async () => {
+  test('the caption K/V are computed once per caption and mask and reused by later steps, never for another caption or mask', async () => {
     const dit = await LinearDit.load(path.join(tiny, 'transformer'));
     const base = inputs(dit.config, 2, 4, 6, 5);
     const other = (shift: number): DitInputs => ({ ...base, encoderHiddenStates: tensor(base.encoderHiddenStates.data.map((v) => v + shift), base.encoderHiddenStates.dims) });
@@ -131,6 +131,12 @@ describe('Linear-DiT loading', () => {
     expect(dit.session.prefixStats).toEqual({ runs: 4, reused: 1 });
     expect(Array.from((await step(base, 999)).data)).toEqual(Array.from(first.data));
     expect(dit.session.prefixStats).toEqual({ runs: 4, reused: 2 });
+    // the mask is part of the keys (their bias row): the same caption under another mask is another caption
+    const shorter: DitInputs = { ...base, encoderAttentionMask: tensor(base.encoderAttentionMask.data.map((m, i) => (i % 5 === 2 ? 0n : m)), [2, 5]) };
+    const got = await step(shorter, 999);
+    expect(dit.session.prefixStats).toEqual({ runs: 5, reused: 2 });
+    expect(Array.from(got.data)).toEqual(Array.from((await fresh.forward({ ...shorter, timestep: tensor(new Float32Array([999, 999]), [2]) })).data));
+    expect(maxAbsErr(got.data, first.data)).toBeGreaterThan(1e-3);
     await Promise.all([dit.close(), fresh.close()]);
   });
 
