@@ -308,8 +308,8 @@ class DitGraph {
         // the ones channels: zero weight rows (and outlier columns), bias 1
         const ones = (m: Float32Array, width: number, one: number) => (onesAfter ? insertRowsAfterEvery(m, width, onesAfter, one) : m);
         const outWithOnes = onesAfter ? outDim + outDim / onesAfter : outDim;
-        const biasValues = bias ? this.weights.read(`${prefix}.bias`).subarray(start, end) : new Float32Array(outDim);
-        const biasInput = onesAfter ? g.weight(`${name}.bias`, [outWithOnes], ones(biasValues, 1, 1)) : bias ? this.wRows(`${prefix}.bias`, rows) : undefined;
+        const biasValues = () => (bias ? this.weights.read(`${prefix}.bias`).subarray(start, end) : new Float32Array(outDim));
+        const biasInput = onesAfter ? g.weight(`${name}.bias`, [outWithOnes], ones(biasValues(), 1, 1)) : bias ? this.wRows(`${prefix}.bias`, rows) : undefined;
         const y = g.int8Linear(input, name, ones(weight, inDim, 0), [outWithOnes, inDim], biasInput, this.int8.options.activations);
         if (outliers.length === 0) return y;
         // the split-out channels in fp32: X[:, O] · W[:, O]ᵀ
