@@ -10,12 +10,15 @@
 //                  GPU  symmetric int8 per token (row): s_x[t] = max_i |X[t,i]| / 127
 //                  CPU  per model (CPU_ACTIVATION_GRANULARITY: the denoiser per tensor, the text encoder per
 //                       token), both built by GraphBuilder.int8Linear:
-//                       per-tensor  com.microsoft DynamicQuantizeMatMul: asymmetric uint8 with one scale and zero
-//                                   point per tensor, u8×s8 → int32, fp32 epilogue (scales, bias) fused in the kernel;
+//                       per-tensor  DynamicQuantizeLinear: asymmetric uint8 with one scale and zero point per
+//                                   tensor; com.microsoft MatMulIntegerToFloat: u8×s8 → int32, fp32 epilogue (scales,
+//                                   bias) fused in the kernel (what DynamicQuantizeMatMul does in one node, same bits);
 //                                   ONNX Runtime's fastest int8 path on these CPUs (s8 activations run slower than fp32)
 //                       per-token   the GPU's scheme: ReduceMax|x| per row, QuantizeLinear along axis 0 with zero
 //                                   point 128 (= the symmetric int8 value + 128, so the int32 sums equal s8×s8 ones),
 //                                   com.microsoft MatMulIntegerToFloat (u8×s8, per-column weight scales), × s_x[t], + bias
+//                       Either way layers that read the same tensor (q, k and v; gate and up; the Mix-FFN's expand
+//                       chunks) quantize it once and share the result.
 //                       On a 4096×1152×1152 GEMM chain (2 cores): per-tensor 2.48×, per-token 2.16× the fp32 speed;
 //                       in whole graphs the gap is smaller (Gemma-2 at 300 tokens: per-token 6% slower; Linear-DiT at
 //                       1024 px: within noise). Per tensor is the denoiser's default: its error is small (quality
@@ -97,8 +100,8 @@ export const ACTIVATION_GRANULARITIES: readonly ActivationGranularity[] = ['per-
 export type Int8Model = 'denoiser' | 'text-encoder';
 
 /**
- * The CPU graphs' default activation scheme per model: ONNX Runtime's fused per-tensor uint8 path
- * (DynamicQuantizeMatMul) for the denoiser; per token (the GPU's scheme: symmetric, QuantizeLinear along the rows +
+ * The CPU graphs' default activation scheme per model: ONNX Runtime's per-tensor uint8 path (DynamicQuantizeLinear
+ * + MatMulIntegerToFloat) for the denoiser; per token (the GPU's scheme: symmetric, QuantizeLinear along the rows +
  * MatMulIntegerToFloat) for the text encoder, whose per-tensor error dominated the whole pipeline's.
  */
 export const CPU_ACTIVATION_GRANULARITY: Record<Int8Model, ActivationGranularity> = { denoiser: 'per-tensor', 'text-encoder': 'per-token' };

@@ -18,6 +18,17 @@ export const ElemType = {
 } as const;
 export type ElemType = (typeof ElemType)[keyof typeof ElemType];
 
+/** A GraphBuilder.int8Linear input as uint8: values [M,in], scale and zero point (per row when per token). */
+interface QuantizedActivations {
+  values: string;
+  scale: string;
+  zeroPoint: string;
+  /** per token: the zero point expanded to one per row (QuantizeLinear along axis 0) */
+  rowZeroPoints?: string;
+  /** two-pass: the rounding residual, quantized at s_x/254 */
+  residual?: string;
+}
+
 /** A symbolic (string) or fixed (number) dimension of a graph input or output. */
 export type Dim = number | string;
 
@@ -68,6 +79,10 @@ export class GraphBuilder {
   private readonly constants = new Map<string, string>();
   private readonly weightNames = new Set<string>();
   private readonly usedDomains = new Set<string>();
+  /** reshape's views by input tensor and constant shape */
+  private readonly views = new Map<string, string>();
+  /** int8Linear's quantized activations by input tensor and granularity */
+  private readonly quantized = new Map<string, QuantizedActivations>();
   private counter = 0;
   private weightFd: number | undefined;
   private weightBytes = 0;
@@ -220,8 +235,13 @@ export class GraphBuilder {
   geluTanh(x: string) {
     return this.op('Gelu', [x], { approximate: 'tanh' });
   }
+  /** Reshape; one node per tensor and constant shape, so layers that view one input alike share the view's name */
   reshape(x: string, shape: number[] | string) {
-    return this.op('Reshape', [x, typeof shape === 'string' ? shape : this.ints(shape)]);
+    if (typeof shape === 'string') return this.op('Reshape', [x, shape]);
+    const key = `${x}|${shape.join(',')}`;
+    let view = this.views.get(key);
+    if (!view) this.views.set(key, (view = this.op('Reshape', [x, this.ints(shape)])));
+    return view;
   }
   transpose(x: string, perm: number[]) {
     return this.op('Transpose', [x], { perm });
@@ -257,38 +277,54 @@ export class GraphBuilder {
   /**
    * A W8A8 linear layer (services/common/int8-recipe.ts): x [M,in] float · Wᵀ (+ bias) → [M,out] float, with the
    * fp32 weight [out,in] quantized here, symmetric per output channel, stored int8 [in,out] as `<name>.int8`.
-   *   per-tensor  com.microsoft DynamicQuantizeMatMul: uint8 activations with one dynamic scale and zero point,
-   *               u8×s8 int32 GEMM, fp32 epilogue (scales, bias) in the same kernel
+   *   per-tensor  DynamicQuantizeLinear: uint8 activations with one dynamic scale and zero point; com.microsoft
+   *               MatMulIntegerToFloat: u8×s8 int32 GEMM, fp32 epilogue (scales, bias) in the same kernel
    *   per-token   s_x[t] = max|x[t,:]|/127, QuantizeLinear along the rows with zero point 128 (the symmetric int8
    *               value + 128, so the int32 sums equal the GPU's s8×s8 ones), com.microsoft MatMulIntegerToFloat
    *               (u8×s8, per-column weight scales, bias), then × s_x[t]; with `passes` 2 the rounding residual
    *               x − s_x·x_q is quantized again at s_x/254 and takes a second GEMM with the same weight (the sums
    *               add up to about 16-bit activations; int8-recipe.ts two-pass)
+   * Layers reading the same x share its quantization (quantizedActivations): the same bits as each quantizing alone.
    */
   int8Linear(x: string, name: string, weight: Float32Array, dims: [out: number, inDim: number], bias: string | undefined, activations: ActivationGranularity, passes: 1 | 2 = 1): string {
     const q = quantizeWeight(weight, dims[0], dims[1]);
     const wq = this.weight(`${name}.int8`, [dims[1], dims[0]], transposeInt8(q));
     const ws = this.weight(`${name}.scale`, [dims[0]], q.scales);
-    if (activations === 'per-tensor') {
-      if (passes !== 1) throw new Error(`internal: ${name}: two-pass activations need per-token scales`);
-      return this.op('DynamicQuantizeMatMul', [x, wq, ws, '', ...(bias ? [bias] : [])], {}, { domain: 'com.microsoft' });
-    }
-    const absMax = this.op('ReduceMax', [this.op('Abs', [x]), this.ints([1])], { keepdims: 0 }); // [M]
-    const scale = this.op('Max', [this.div(absMax, this.scalar(INT8_MAX)), this.scalar(1e-30)]); // [M], never 0
-    const zeroPoint = this.constant(new Uint8Array([128]), []);
-    const rowZeroPoints = this.op('Expand', [zeroPoint, this.shape(scale)]); // [M] uint8
-    const xq = this.op('QuantizeLinear', [x, scale, rowZeroPoints], { axis: 0 }); // [M,in] uint8
-    let y = this.op('MatMulIntegerToFloat', [xq, wq, this.scalar(1), ws, zeroPoint], {}, { domain: 'com.microsoft' }); // [M,out], × s_w only
-    if (passes === 2) {
-      // the rounding residual, |r| ≤ s_x/2, quantized again at s_x/254 and multiplied by the same int8 weight
-      const residual = this.sub(x, this.op('DequantizeLinear', [xq, scale, rowZeroPoints], { axis: 0 })); // [M,in]
-      const fine = this.div(scale, this.scalar(2 * INT8_MAX));
-      const rq = this.op('QuantizeLinear', [residual, fine, rowZeroPoints], { axis: 0 });
-      const y2 = this.op('MatMulIntegerToFloat', [rq, wq, this.scalar(1 / (2 * INT8_MAX)), ws, zeroPoint], {}, { domain: 'com.microsoft' });
-      y = this.add(y, y2);
-    }
-    const scaled = this.mul(y, this.unsqueeze(scale, [1])); // × s_x[t]
+    if (activations === 'per-tensor' && passes !== 1) throw new Error(`internal: ${name}: two-pass activations need per-token scales`);
+    const xq = this.quantizedActivations(x, activations, passes);
+    const matmul = (a: string, aScale: string) =>
+      this.op('MatMulIntegerToFloat', [a, wq, aScale, ws, xq.zeroPoint, ...(bias && activations === 'per-tensor' ? ['', bias] : [])], {}, { domain: 'com.microsoft' });
+    if (activations === 'per-tensor') return matmul(xq.values, xq.scale); // [M,out]
+    let y = matmul(xq.values, this.scalar(1)); // [M,out], × s_w only
+    if (xq.residual) y = this.add(y, matmul(xq.residual, this.scalar(1 / (2 * INT8_MAX))));
+    const scaled = this.mul(y, this.unsqueeze(xq.scale, [1])); // × s_x[t]
     return bias ? this.add(scaled, bias) : scaled;
+  }
+
+  /** x quantized as int8Linear's granularity says, once per tensor and granularity (the residual once it is asked for). */
+  private quantizedActivations(x: string, activations: ActivationGranularity, passes: 1 | 2): QuantizedActivations {
+    const key = `${x}|${activations}`;
+    let quantized = this.quantized.get(key);
+    if (!quantized) {
+      if (activations === 'per-tensor') {
+        const [values, scale, zeroPoint] = this.node('DynamicQuantizeLinear', [x], {}, { outputs: 3 }); // [M,in] uint8, [], []
+        quantized = { values: values!, scale: scale!, zeroPoint: zeroPoint! };
+      } else {
+        const absMax = this.op('ReduceMax', [this.op('Abs', [x]), this.ints([1])], { keepdims: 0 }); // [M]
+        const scale = this.op('Max', [this.div(absMax, this.scalar(INT8_MAX)), this.scalar(1e-30)]); // [M], never 0
+        const zeroPoint = this.constant(new Uint8Array([128]), []);
+        const rowZeroPoints = this.op('Expand', [zeroPoint, this.shape(scale)]); // [M] uint8
+        quantized = { values: this.op('QuantizeLinear', [x, scale, rowZeroPoints], { axis: 0 }), scale, zeroPoint, rowZeroPoints }; // [M,in] uint8
+      }
+      this.quantized.set(key, quantized);
+    }
+    if (passes === 2 && !quantized.residual) {
+      // the rounding residual, |r| ≤ s_x/2, quantized again at s_x/254 (the same int8 weight multiplies it)
+      const { values, scale, rowZeroPoints } = quantized;
+      const residual = this.sub(x, this.op('DequantizeLinear', [values, scale, rowZeroPoints!], { axis: 0 })); // [M,in]
+      quantized.residual = this.op('QuantizeLinear', [residual, this.div(scale, this.scalar(2 * INT8_MAX)), rowZeroPoints!], { axis: 0 });
+    }
+    return quantized;
   }
 
   /** Serialises the graph to `<dir>/<stem>.onnx` and closes the weight file. Returns the model path. */

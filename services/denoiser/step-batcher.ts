@@ -8,7 +8,8 @@
 //        ─ per job: CFG (its own scale) ─ learned-sigma split ─ its own Flow-DPM-Solver step ─ step event
 //
 // Each row of the transformer is an independent sample (per-row timestep, caption and mask; no op mixes rows),
-// so a request's result does not depend on who shares its batch, up to the GEMM's summation order.
+// so a request's result does not depend on who shares its batch, up to the GEMM's summation order (in fp32: under
+// int8 the per-tensor activation scales of ONNX Runtime's fast path span the forward's rows).
 import { CancelledError } from '../common/errors.ts';
 import type { DenoiseContext, DenoiseRequest, ForwardStats } from '../common/stages.ts';
 import { concatRows, type HostTensor, tensor } from '../common/tensor.ts';
