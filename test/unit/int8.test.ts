@@ -2,7 +2,9 @@
 // tolerances of the quality report (`npm run bench -- quality --preset tiny --precision int8`: denoiser steps
 // cosine ≥ 0.99994, final latents 0.99996 and 47.6 dB, whole pipeline 44.3 dB, text embeddings at the attended
 // positions cosine ≥ 0.99996 with the text encoder's per-token, partly two-pass activations).
+import fs from 'node:fs';
 import path from 'node:path';
+import onnxProto from 'onnx-proto';
 import { describe, expect, test } from 'vitest';
 import {
   parsePrecision,
@@ -20,6 +22,7 @@ import { LocalDenoiser } from '../../services/denoiser/stage.ts';
 import { qualityReport, type QualityRow } from '../../bench/quality.ts';
 import { tempDir } from '../helpers/tmp.ts';
 
+const { onnx } = onnxProto;
 const root = tempDir('int8');
 process.env.SANA_CACHE_DIR = path.join(root, 'cache');
 
@@ -101,6 +104,26 @@ describe('the W8A8 recipe', () => {
         }
         expect(Math.abs(got[t * n + o]! - exact)).toBeLessThanOrEqual(bound);
       }
+    }
+  });
+
+  test('layers that read one tensor quantize it once, and each gets the bits it gets alone', async () => {
+    const w2 = values(n * k, 4).map((v) => v / Math.sqrt(k));
+    for (const [activations, passes] of [['per-tensor', [1, 1]], ['per-token', [1, 2]]] as const) {
+      const dir = path.join(root, `shared-${activations}`);
+      const g = new GraphBuilder('int8_shared', dir);
+      const input = g.input('x', ElemType.FLOAT, [m, k]);
+      g.output(g.int8Linear(input, 'a', w, [n, k], g.weight('a.bias', [n], bias), activations, passes[0]), 'a', ElemType.FLOAT, [m, n]);
+      g.output(g.int8Linear(input, 'b', w2, [n, k], g.weight('b.bias', [n], bias), activations, passes[1]), 'b', ElemType.FLOAT, [m, n]);
+      const file = g.finish();
+      const ops = onnx.ModelProto.decode(fs.readFileSync(file)).graph!.node!.map((node) => node.opType);
+      // per tensor one DynamicQuantizeLinear; per token one QuantizeLinear of x, plus one of b's second-pass residual
+      expect(ops.filter((op) => op === 'DynamicQuantizeLinear' || op === 'QuantizeLinear').length).toBe(activations === 'per-tensor' ? 1 : 2);
+      const session = await OrtSession.create(file);
+      const out = await session.run({ x: tensor(x, [m, k]) });
+      await session.close();
+      expect(Array.from(out.a!.data as Float32Array)).toEqual(Array.from(await runInt8Linear(activations, x, w, bias, m, k, n, passes[0])));
+      expect(Array.from(out.b!.data as Float32Array)).toEqual(Array.from(await runInt8Linear(activations, x, w2, bias, m, k, n, passes[1])));
     }
   });
 
